@@ -1,0 +1,1 @@
+"""The project's own plugins, one sub-package per method, each registered through an entry point."""

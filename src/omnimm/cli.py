@@ -1,0 +1,268 @@
+"""The `omnimm` command line (typer + rich). Plugins add sub-commands through the `omnimm_cli` hook."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from omnimm import __version__
+
+def _console(*, stderr: bool = False) -> Console:
+    # Piped output (logs, grep, tests) gets wide tables instead of rich's 80-column default, which folds names.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+stdout = _console()
+stderr = _console(stderr=True)
+
+app = typer.Typer(
+    name="omnimm",
+    help="Published multimodal and LLM methods as plugins that compose.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Check config files, show them with defaults, write their JSON schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+KindOption = Annotated[
+    str | None,
+    typer.Option("--kind", "-k", help="Registry the file's component belongs to (e.g. encoders), when ambiguous."),
+]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"omnimm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Published multimodal and LLM methods as plugins that compose."""
+
+
+# -- plugins and components -----------------------------------------------------------------------------------------
+
+_STATUS_STYLE = {"loaded": "green", "failed": "bold red", "skipped": "yellow", "missing": "bold red"}
+
+
+@app.command("plugins")
+def plugins_command(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List components and show full tracebacks.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit with status 1 if any plugin failed to load.")] = False,
+) -> None:
+    """List installed plugins: where each comes from, whether it loaded, what it registered, what it needs."""
+    from omnimm.deps import install_hint, unmet_requirements
+    from omnimm.plugins import plugin_records
+    from omnimm.registry import get_registry
+
+    records = plugin_records()
+    table = Table(title="omnimm plugins", title_justify="left")
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("components", no_wrap=True)
+    table.add_column("notes", overflow="fold")
+    for record in records:
+        components = record.components()
+        counts = ", ".join(_count(len(names), get_registry(plural)) for plural, names in components.items()) or "-"
+        notes = record.reason or ""
+        if record.status == "loaded" and record.extra:
+            unmet = unmet_requirements(record.extra)
+            if unmet:
+                notes = f"dependencies missing ({', '.join(unmet)}): {install_hint(record.extra)}"
+        source = f"{record.distribution} {record.version or ''}".strip() if record.distribution else record.target
+        style = _STATUS_STYLE.get(record.status, "")
+        table.add_row(
+            record.name, escape(source), f"[{style}]{record.status}[/]", counts, escape(notes)
+        )
+    stdout.print(table)
+    if verbose:
+        for record in records:
+            for plural, names in record.components().items():
+                stdout.print(f"{record.name} {plural}: {', '.join(names)}", markup=False)
+            if record.traceback:
+                stdout.print(f"\n{record.name} failed:\n{record.traceback}", markup=False)
+    if check and any(r.status in ("failed", "missing") for r in records):
+        raise typer.Exit(1)
+
+
+def _count(number: int, registry: Any) -> str:
+    return f"{number} {registry.kind if number == 1 else registry.plural}"
+
+
+@app.command("list")
+def list_command(
+    registry: Annotated[str | None, typer.Argument(help="A registry (encoders, adapters, ...); all when omitted.")] = None,
+    patterns: Annotated[list[str] | None, typer.Argument(help="Wildcard filters, e.g. '*vit*'.")] = None,
+) -> None:
+    """List registered components, optionally of one registry and matching wildcards."""
+    from omnimm.plugins import ensure_plugins_loaded
+    from omnimm.registry import all_registries, get_registry
+
+    ensure_plugins_loaded()
+    chosen = [get_registry(registry)] if registry else list(all_registries().values())
+    table = Table(title_justify="left")
+    table.add_column("registry", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("description", overflow="fold")
+    rows = 0
+    for reg in chosen:
+        for name in reg.names(*(patterns or ())):
+            entry = reg.entry(name)
+            table.add_row(reg.plural, name, escape(entry.owner.plugin or entry.owner.label), escape(entry.summary()))
+            rows += 1
+    if rows:
+        stdout.print(table)
+    else:
+        where = registry or "any registry"
+        stderr.print(f"no components in {where} match {' '.join(patterns or ['*'])}", markup=False)
+        raise typer.Exit(1)
+
+
+# -- configs ----------------------------------------------------------------------------------------------------------
+
+
+@config_app.command("validate")
+def config_validate(
+    files: Annotated[list[Path], typer.Argument(help="YAML or JSON config files.")],
+    kind: KindOption = None,
+) -> None:
+    """Check config files: every problem with its field path, file line and a close-match suggestion."""
+    from omnimm.config import load_config
+    from omnimm.errors import ConfigError
+
+    failed = 0
+    for file in files:
+        try:
+            config = load_config(file, into=kind)
+        except (ConfigError, FileNotFoundError) as error:
+            stderr.print(str(error), markup=False)
+            failed += 1
+            continue
+        stdout.print(f"ok: {file} ({_describe_config(config)})", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _describe_config(config: Any) -> str:
+    name = getattr(config, "name", None)
+    model = getattr(config, "model", None)
+    if name:
+        return f"{type(config).__name__} '{name}'"
+    if model is not None and getattr(model, "name", None):
+        return f"{type(config).__name__}, model '{model.name}'"
+    return type(config).__name__
+
+
+@config_app.command("show")
+def config_show(
+    file: Annotated[Path, typer.Argument(help="YAML or JSON config file.")],
+    kind: KindOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print a config with every default filled in: exactly what will run."""
+    from omnimm.config import load_config
+
+    config = load_config(file, into=kind)
+    stdout.print(config.to_json() if as_json else config.to_yaml().rstrip(), markup=False)
+
+
+@config_app.command("schema")
+def config_schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", "-k", help="Schema for single-component files of this registry.")
+    ] = None,
+) -> None:
+    """Write the JSON schema of config files, with every registered component (for editor completion)."""
+    from omnimm.config import json_schema
+    from omnimm.files import atomic_write_text
+
+    text = json.dumps(json_schema(kind), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    atomic_write_text(output, text)
+    stderr.print(f"wrote {output}", markup=False)
+
+
+# -- building ---------------------------------------------------------------------------------------------------------
+
+
+@app.command("build")
+def build_command(
+    config_file: Annotated[Path, typer.Argument(metavar="CONFIG", help="A run file (with `model:`) or a component file.")],
+    kind: KindOption = None,
+    depth: Annotated[int, typer.Option("--depth", "-d", min=0, help="How many levels of sub-modules to show.")] = 2,
+) -> None:
+    """Build the model a config describes and print its tree with parameter counts (trainable vs frozen)."""
+    from omnimm.config import RunConfig, config_target, read_config_file, validate_config
+    from omnimm.registry import Registry, models
+    from omnimm.summary import describe, module_tree, parameter_counts
+
+    data, positions = read_config_file(config_file)
+    target = config_target(data, kind, source=str(config_file))
+    config = validate_config(data, target, source=str(config_file), positions=positions)
+    if isinstance(config, RunConfig):
+        built, label = models.build(config.model), "model"
+    else:
+        assert isinstance(target, Registry)
+        built, label = target.build(config), target.kind
+    if hasattr(built, "named_children"):
+        stdout.print(module_tree(built, label=label, depth=depth))
+        total, trainable = parameter_counts(built)
+        stdout.print(f"total: {total:,} parameters, {trainable:,} trainable, {total - trainable:,} frozen", markup=False)
+    else:
+        stdout.print(f"{label}: {describe(built)}", markup=False)
+
+
+# -- entry point ------------------------------------------------------------------------------------------------------
+
+_plugin_commands_added = False
+
+
+def get_app() -> typer.Typer:
+    """The root app with every plugin's sub-commands added (once)."""
+    global _plugin_commands_added
+    if not _plugin_commands_added:
+        from omnimm.plugins import get_plugin_manager
+
+        _plugin_commands_added = True
+        for plugin, error in get_plugin_manager().call_each("omnimm_cli", app=app).items():
+            stderr.print(f"warning: plugin '{plugin}' could not add its commands: {error}", markup=False)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. omnimm's own errors print as one clear message (set OMNIMM_DEBUG=1 for the traceback)."""
+    from omnimm.errors import OmnimmError
+
+    command = typer.main.get_command(get_app())
+    try:
+        command.main(args=argv, prog_name="omnimm", standalone_mode=True)
+    except (OmnimmError, FileNotFoundError) as error:
+        if os.environ.get("OMNIMM_DEBUG"):
+            raise
+        stderr.print(f"error: {error}", markup=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

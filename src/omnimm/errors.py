@@ -1,0 +1,84 @@
+"""Exceptions raised by omnimm.
+
+Every error says what was wrong and where: the registry and name, the config field path, the file, the extra to
+install. They subclass the built-in exception a caller would naturally catch (`LookupError`, `ImportError`,
+`ValueError`) so existing `except` clauses keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OmnimmError(Exception):
+    """Base class of every error omnimm raises on purpose."""
+
+
+class UnknownComponentError(OmnimmError, LookupError):
+    """A name is not registered in a registry. The message lists close matches and how to get the component."""
+
+    def __init__(self, message: str, *, kind: str, name: str, suggestions: list[str]) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.suggestions = suggestions
+
+    def __str__(self) -> str:  # LookupError would otherwise repr() the message
+        return self.args[0]
+
+
+class DuplicateComponentError(OmnimmError, ValueError):
+    """A name is registered twice in the same registry. The message names both owners."""
+
+
+class MissingDependencyError(OmnimmError, ImportError):
+    """An optional dependency is not installed. The message names the `pip install` command that provides it."""
+
+    def __init__(self, message: str, *, package: str, extra: str | None = None) -> None:
+        super().__init__(message, name=package)
+        self.package = package
+        self.extra = extra
+
+
+class PluginError(OmnimmError, RuntimeError):
+    """A plugin could not be loaded or registered."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config: where (dotted field path, file line if known) and what."""
+
+    path: str
+    message: str
+    line: int | None = None
+    kind: str = "value_error"
+
+    def format(self, source: str | None = None) -> str:
+        where = self.path or "<root>"
+        if source and self.line is not None:
+            return f"{source}:{self.line}: {where}: {self.message}"
+        if source:
+            return f"{source}: {where}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(OmnimmError, ValueError):
+    """A config failed validation. `issues` holds each problem with its field path (and file line for YAML)."""
+
+    def __init__(self, issues: list[ConfigIssue], *, source: str | None = None, title: str | None = None) -> None:
+        self.issues = list(issues)
+        self.source = source
+        self.title = title
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        count = len(self.issues)
+        head = f"{count} config error{'s' if count != 1 else ''}"
+        if self.title:
+            head += f" in {self.title}"
+        if self.source:
+            head = f"{self.source}: {head}"
+        return "\n".join([head, *("  " + issue.format(self.source) for issue in self.issues)])
+
+    def __str__(self) -> str:
+        return self.args[0]
