@@ -15,6 +15,7 @@ from rich.table import Table
 
 from omnimm import __version__
 
+
 def _console(*, stderr: bool = False) -> Console:
     # Piped output (logs, grep, tests) gets wide tables instead of rich's 80-column default, which folds names.
     stream = sys.stderr if stderr else sys.stdout
@@ -32,7 +33,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-config_app = typer.Typer(help="Check config files, show them with defaults, write their JSON schema.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Check config files, show them with defaults, write their JSON schema.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 
 KindOption = Annotated[
@@ -56,7 +59,7 @@ def _root(
     """Published multimodal and LLM methods as plugins that compose."""
 
 
-# -- plugins and components -----------------------------------------------------------------------------------------
+# -- plugins and components --------------------------------------------------------------------------------------
 
 _STATUS_STYLE = {"loaded": "green", "failed": "bold red", "skipped": "yellow", "missing": "bold red"}
 
@@ -88,9 +91,7 @@ def plugins_command(
                 notes = f"dependencies missing ({', '.join(unmet)}): {install_hint(record.extra)}"
         source = f"{record.distribution} {record.version or ''}".strip() if record.distribution else record.target
         style = _STATUS_STYLE.get(record.status, "")
-        table.add_row(
-            record.name, escape(source), f"[{style}]{record.status}[/]", counts, escape(notes)
-        )
+        table.add_row(record.name, escape(source), f"[{style}]{record.status}[/]", counts, escape(notes))
     stdout.print(table)
     if verbose:
         for record in records:
@@ -108,7 +109,9 @@ def _count(number: int, registry: Any) -> str:
 
 @app.command("list")
 def list_command(
-    registry: Annotated[str | None, typer.Argument(help="A registry (encoders, adapters, ...); all when omitted.")] = None,
+    registry: Annotated[
+        str | None, typer.Argument(help="A registry (encoders, adapters, ...); all when omitted.")
+    ] = None,
     patterns: Annotated[list[str] | None, typer.Argument(help="Wildcard filters, e.g. '*vit*'.")] = None,
 ) -> None:
     """List registered components, optionally of one registry and matching wildcards."""
@@ -136,7 +139,7 @@ def list_command(
         raise typer.Exit(1)
 
 
-# -- configs ----------------------------------------------------------------------------------------------------------
+# -- configs -----------------------------------------------------------------------------------------------------
 
 
 @config_app.command("validate")
@@ -203,12 +206,14 @@ def config_schema(
     stderr.print(f"wrote {output}", markup=False)
 
 
-# -- building ---------------------------------------------------------------------------------------------------------
+# -- building ----------------------------------------------------------------------------------------------------
 
 
 @app.command("build")
 def build_command(
-    config_file: Annotated[Path, typer.Argument(metavar="CONFIG", help="A run file (with `model:`) or a component file.")],
+    config_file: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="A run file (with `model:`) or a component file.")
+    ],
     kind: KindOption = None,
     depth: Annotated[int, typer.Option("--depth", "-d", min=0, help="How many levels of sub-modules to show.")] = 2,
 ) -> None:
@@ -228,12 +233,14 @@ def build_command(
     if hasattr(built, "named_children"):
         stdout.print(module_tree(built, label=label, depth=depth))
         total, trainable = parameter_counts(built)
-        stdout.print(f"total: {total:,} parameters, {trainable:,} trainable, {total - trainable:,} frozen", markup=False)
+        stdout.print(
+            f"total: {total:,} parameters, {trainable:,} trainable, {total - trainable:,} frozen", markup=False
+        )
     else:
         stdout.print(f"{label}: {describe(built)}", markup=False)
 
 
-# -- entry point ------------------------------------------------------------------------------------------------------
+# -- entry point -------------------------------------------------------------------------------------------------
 
 _plugin_commands_added = False
 

@@ -47,7 +47,7 @@ Positions = dict[tuple[Any, ...], int]
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-# -- the base classes ---------------------------------------------------------------------------------------------------
+# -- the base classes --------------------------------------------------------------------------------------------
 
 
 class Config(BaseModel):
@@ -128,7 +128,7 @@ def _unknown_field_message(cls: type[BaseModel], key: str) -> str:
     return f"unknown field '{key}'{hint} ({cls.__name__} accepts: {', '.join(fields)})"
 
 
-# -- references to registries -------------------------------------------------------------------------------------------
+# -- references to registries ------------------------------------------------------------------------------------
 
 
 class Ref:
@@ -187,7 +187,9 @@ ModelRef = Annotated[ComponentConfig, Ref("models")]
 """A field holding a composed model's config."""
 
 
-def field_error(field: str | tuple[Any, ...], message: str, value: Any = None, kind: str = "value_error") -> ValidationError:
+def field_error(
+    field: str | tuple[Any, ...], message: str, value: Any = None, kind: str = "value_error"
+) -> ValidationError:
     """An error pointing at `field` (a name, a dotted path or a `loc` tuple), for cross-field checks.
 
     Raise it from a `model_validator(mode="after")` so the report names the field, not the whole config::
@@ -223,10 +225,14 @@ def resolve_component(registry: Registry[Any], value: Any) -> ComponentConfig:
         )
     name = value.get("name")
     if name is None:
-        listed = ", ".join(registry.names()) or f"none registered; is the plugin that provides {registry.plural} installed?"
+        listed = (
+            ", ".join(registry.names()) or f"none registered; is the plugin that provides {registry.plural} installed?"
+        )
         raise _fail(("name",), "missing", f"which {registry.kind}? set 'name' to one of: {listed}", value)
     if not isinstance(name, str):
-        raise _fail(("name",), "string_type", f"{registry.a_kind} name must be a string, got {type(name).__name__}", name)
+        raise _fail(
+            ("name",), "string_type", f"{registry.a_kind} name must be a string, got {type(name).__name__}", name
+        )
     try:
         config_class = registry.entry(name).config_class()
     except UnknownComponentError:
@@ -271,7 +277,7 @@ def validate_component(
         ) from None
 
 
-# -- the root of a run file -----------------------------------------------------------------------------------------
+# -- the root of a run file --------------------------------------------------------------------------------------
 
 
 class RunConfig(Config):
@@ -281,7 +287,7 @@ class RunConfig(Config):
     """The composed model (a name from the `models` registry with its options)."""
 
 
-# -- files ------------------------------------------------------------------------------------------------------------
+# -- files -------------------------------------------------------------------------------------------------------
 
 _YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -312,16 +318,18 @@ def _parse_json(text: str, source: str) -> Any:
         seen: dict[str, Any] = {}
         for key, value in pairs:
             if key in seen:
-                raise ConfigError([ConfigIssue(key, "key appears twice in the same mapping", kind="duplicate_key")],
-                                  source=source)
+                raise ConfigError(
+                    [ConfigIssue(key, "key appears twice in the same mapping", kind="duplicate_key")], source=source
+                )
             seen[key] = value
         return seen
 
     try:
         return json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as error:
-        raise ConfigError([ConfigIssue("", f"invalid JSON: {error.msg}", line=error.lineno, kind="syntax")],
-                          source=source) from None
+        raise ConfigError(
+            [ConfigIssue("", f"invalid JSON: {error.msg}", line=error.lineno, kind="syntax")], source=source
+        ) from None
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, Positions]:
@@ -331,8 +339,9 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, Positions]:
     except yaml.MarkedYAMLError as error:
         line = error.problem_mark.line + 1 if error.problem_mark is not None else None
         problem = error.problem or str(error)
-        raise ConfigError([ConfigIssue("", f"invalid YAML: {problem}", line=line, kind="syntax")],
-                          source=source) from None
+        raise ConfigError(
+            [ConfigIssue("", f"invalid YAML: {problem}", line=line, kind="syntax")], source=source
+        ) from None
     positions: Positions = {}
     duplicates: list[ConfigIssue] = []
     if node is not None:
@@ -352,10 +361,14 @@ def _walk_yaml(node: yaml.Node, loc: tuple[Any, ...], positions: Positions, dupl
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key in first_line:
-                duplicates.append(ConfigIssue(
-                    format_loc((*loc, key)), f"key appears twice (first on line {first_line[key]})", line=line,
-                    kind="duplicate_key",
-                ))
+                duplicates.append(
+                    ConfigIssue(
+                        format_loc((*loc, key)),
+                        f"key appears twice (first on line {first_line[key]})",
+                        line=line,
+                        kind="duplicate_key",
+                    )
+                )
                 continue
             first_line[key] = line
             positions[(*loc, key)] = line
@@ -429,8 +442,12 @@ def _registry_for_root(data: Mapping[str, Any], source: str | None) -> Registry[
         kinds = " and ".join(f"{r.kind} (--kind {r.plural})" for r in owners)
         message = f"'{name}' is registered as {kinds}; say which"
     else:
+        from omnimm.plugins import hint_for_name
+
         close = sorted({s for r in registries for s in r.suggestions(str(name))})
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        plugin_hint = hint_for_name(name) if isinstance(name, str) else None
+        hint += f"; {plugin_hint}" if plugin_hint else ""
         message = (
             f"no component is registered as {name!r}{hint} (a run file has no top-level 'name': "
             f"put the model under 'model:')"
@@ -438,7 +455,7 @@ def _registry_for_root(data: Mapping[str, Any], source: str | None) -> Registry[
     raise ConfigError([ConfigIssue("name", message, line=1, kind="unknown_component")], source=source)
 
 
-# -- error reports ------------------------------------------------------------------------------------------------------
+# -- error reports -----------------------------------------------------------------------------------------------
 
 _PREFIXES = ("Value error, ", "Assertion failed, ")
 
@@ -478,7 +495,7 @@ def issues_from_validation_error(error: ValidationError, positions: Positions | 
     return issues
 
 
-# -- JSON schema ------------------------------------------------------------------------------------------------------
+# -- JSON schema -------------------------------------------------------------------------------------------------
 
 _schema_defs: ContextVar[dict[str, Any] | None] = ContextVar("omnimm_schema_defs", default=None)
 
@@ -519,7 +536,10 @@ def _component_json_schema(plural: str) -> dict[str, Any]:
     keys = [key for name in names if (key := _entry_def(defs, registry, name)) is not None]
     # pydantic checks every "$ref" it sees against its own definitions, so ours travel under another key until the
     # whole schema is assembled (see _link_refs).
-    return {"anyOf": [*({_REF_PLACEHOLDER: key} for key in keys), shorthand], "description": f"{registry.a_kind} config"}
+    return {
+        "anyOf": [*({_REF_PLACEHOLDER: key} for key in keys), shorthand],
+        "description": f"{registry.a_kind} config",
+    }
 
 
 _REF_PLACEHOLDER = "x-omnimm-component"

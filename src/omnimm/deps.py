@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 from omnimm.errors import MissingDependencyError
@@ -54,7 +54,9 @@ def missing_dependency(
     """Build the error for a missing optional dependency (for callers that need to raise it themselves)."""
     pip = pip or _PIP_NAMES.get(module.split(".")[0], module.split(".")[0])
     needed_by = f"{purpose} needs" if purpose else "omnimm needs"
-    message = f"{needed_by} '{module}' (PyPI: {pip}), which is not installed. Install it with: {install_hint(extra, pip=pip)}"
+    message = (
+        f"{needed_by} '{module}' (PyPI: {pip}), which is not installed. Install it with: {install_hint(extra, pip=pip)}"
+    )
     return MissingDependencyError(message, package=module, extra=extra)
 
 
@@ -107,7 +109,7 @@ def _check_version(imported: ModuleType, module: str, min_version: str, *, extra
         )
 
 
-@lru_cache(maxsize=None)
+@cache
 def unmet_requirements(extra: str, distribution: str = DISTRIBUTION) -> tuple[str, ...]:
     """Requirements of `distribution[extra]` that are not installed (or installed at a wrong version).
 

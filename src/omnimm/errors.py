@@ -54,12 +54,10 @@ class ConfigIssue:
     kind: str = "value_error"
 
     def format(self, source: str | None = None) -> str:
-        where = self.path or "<root>"
+        what = f"{self.path}: {self.message}" if self.path else self.message
         if source and self.line is not None:
-            return f"{source}:{self.line}: {where}: {self.message}"
-        if source:
-            return f"{source}: {where}: {self.message}"
-        return f"{where}: {self.message}"
+            return f"{source}:{self.line}: {what}"
+        return f"{source}: {what}" if source else what
 
 
 class ConfigError(OmnimmError, ValueError):

@@ -102,7 +102,7 @@ class PluginManager:
         self.loading = False
         self._lock = threading.RLock()
 
-    # -- loading ----------------------------------------------------------------------------------------------------
+    # -- loading --------------------------------------------------------------------------------------------------
 
     def load(self) -> None:
         """Load the core's components and every allowed installed plugin. Safe to call again (no-op)."""
@@ -133,9 +133,12 @@ class PluginManager:
             record = _record_for(entry_point)
             if name in self.records:
                 other = self.records[name]
-                record.status, record.reason = "failed", (
-                    f"another plugin is already called '{name}' (from {other.distribution or other.target}); "
-                    f"one of the two distributions must rename its entry point"
+                record.status, record.reason = (
+                    "failed",
+                    (
+                        f"another plugin is already called '{name}' (from {other.distribution or other.target}); "
+                        f"one of the two distributions must rename its entry point"
+                    ),
                 )
                 self.records[f"{name} ({record.distribution})"] = record
                 continue
@@ -151,7 +154,10 @@ class PluginManager:
             if name not in found and name != BUILTIN:
                 installed = ", ".join(sorted(found)) or "none"
                 self.records[name] = PluginRecord(
-                    name, "", status="missing", reason=f"named in {ENV_ALLOWLIST} but not installed (installed: {installed})"
+                    name,
+                    "",
+                    status="missing",
+                    reason=f"named in {ENV_ALLOWLIST} but not installed (installed: {installed})",
                 )
 
     def register(self, plugin: Any, name: str, *, extra: str | None = None) -> PluginRecord:
@@ -221,7 +227,7 @@ class PluginManager:
                 errors[record.name] = f"{type(error).__name__}: {error}"
         return errors
 
-    # -- queries -------------------------------------------------------------------------------------------------------
+    # -- queries --------------------------------------------------------------------------------------------------
 
     def loaded_records(self) -> list[PluginRecord]:
         return [r for r in self.records.values() if r.status == "loaded" and r.plugin is not None]

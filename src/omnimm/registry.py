@@ -183,7 +183,7 @@ class Registry(Generic[T]):
         article = "an" if self.kind[:1].lower() in "aeiou" or self.kind.lower() == "llm" else "a"
         return f"{article} {self.kind}"
 
-    # -- registration -------------------------------------------------------------------------------------------------
+    # -- registration ---------------------------------------------------------------------------------------------
 
     @overload
     def register(
@@ -232,9 +232,7 @@ class Registry(Generic[T]):
         if obj is None:
 
             def decorator(component: T) -> T:
-                self.register(
-                    name, component, config=config, extra=extra, description=description, override=override
-                )
+                self.register(name, component, config=config, extra=extra, description=description, override=override)
                 return component
 
             return decorator
@@ -296,7 +294,7 @@ class Registry(Generic[T]):
             del self._entries[name]
         return len(names)
 
-    # -- lookup -------------------------------------------------------------------------------------------------------
+    # -- lookup ---------------------------------------------------------------------------------------------------
 
     def names(self, *patterns: str) -> list[str]:
         """Sorted registered names, optionally filtered by shell-style wildcards (`"*vit*"`), case-insensitive."""
@@ -322,8 +320,10 @@ class Registry(Generic[T]):
         """The config class registered with `name`."""
         return self.entry(name).config_class()
 
-    def validate(self, config: ComponentConfig | Mapping[str, Any] | str, *, source: str | None = None) -> ComponentConfig:
-        """Turn a mapping (or a bare name) into the registered config class; :class:`~omnimm.errors.ConfigError` if bad."""
+    def validate(
+        self, config: ComponentConfig | Mapping[str, Any] | str, *, source: str | None = None
+    ) -> ComponentConfig:
+        """Turn a mapping (or a bare name) into the registered config class; `ConfigError` if it is wrong."""
         return validate_component(self, config, source=source)
 
     def build(self, config: ComponentConfig | Mapping[str, Any] | str, /, **deps: Any) -> T:
@@ -356,7 +356,7 @@ class Registry(Generic[T]):
         self._load_plugins()
         return [self._entries[name] for name in sorted(self._entries)]
 
-    # -- errors -------------------------------------------------------------------------------------------------------
+    # -- errors ---------------------------------------------------------------------------------------------------
 
     def suggestions(self, name: str) -> list[str]:
         """Registered names close to `name` (typos, a missing `plugin/` prefix, wrong case)."""
@@ -377,7 +377,7 @@ class Registry(Generic[T]):
         suggestions = self.suggestions(name) if isinstance(name, str) else []
         parts = [f"unknown {self.kind} {name!r}"]
         if suggestions:
-            parts.append("did you mean " + " or ".join(repr(s) for s in suggestions) + "?")
+            parts[0] += " (did you mean " + " or ".join(repr(s) for s in suggestions) + "?)"
         hint = hint_for_name(name) if isinstance(name, str) else None
         if hint:
             parts.append(hint)
@@ -386,13 +386,19 @@ class Registry(Generic[T]):
             parts.append(f"no {self.plural} are registered")
         else:
             listed = ", ".join(names[:_MAX_LISTED])
-            more = f", ... and {len(names) - _MAX_LISTED} more (omnimm list {self.plural})" if len(names) > _MAX_LISTED else ""
+            more = (
+                f", ... and {len(names) - _MAX_LISTED} more (omnimm list {self.plural})"
+                if len(names) > _MAX_LISTED
+                else ""
+            )
             parts.append(f"available {self.plural}: {listed}{more}")
         return "; ".join(parts)
 
     def _unknown(self, name: object) -> UnknownComponentError:
         suggestions = self.suggestions(name) if isinstance(name, str) else []
-        return UnknownComponentError(self.unknown_message(name), kind=self.kind, name=str(name), suggestions=suggestions)
+        return UnknownComponentError(
+            self.unknown_message(name), kind=self.kind, name=str(name), suggestions=suggestions
+        )
 
     @staticmethod
     def _load_plugins() -> None:
@@ -468,8 +474,12 @@ class Registries:
 registries = Registries()
 
 
-encoders: Registry[Any] = Registry("encoder", description="Turn raw inputs (images, video frames, text, faces) into features.")
-adapters: Registry[Any] = Registry("adapter", description="Map encoder features to what a backbone consumes (projectors, poolers).")
+encoders: Registry[Any] = Registry(
+    "encoder", description="Turn raw inputs (images, video frames, text, faces) into features."
+)
+adapters: Registry[Any] = Registry(
+    "adapter", description="Map encoder features to what a backbone consumes (projectors, poolers)."
+)
 fusers: Registry[Any] = Registry("fuser", description="Combine features from several encoders into one sequence.")
 llms: Registry[Any] = Registry("llm", description="Language-model backbones (causal LMs with their tokenizers).")
 evaluators: Registry[Any] = Registry("evaluator", description="Score models or outputs: metrics, gates, benchmarks.")

@@ -47,7 +47,8 @@ def describe(module: Any) -> str:
     total, trainable = parameter_counts(module)
     if total == 0:
         return f"{label}  no parameters"
-    return f"{label}  {human_count(total)} params ({human_count(trainable)} trainable, {human_count(total - trainable)} frozen)"
+    frozen = human_count(total - trainable)
+    return f"{label}  {human_count(total)} params ({human_count(trainable)} trainable, {frozen} frozen)"
 
 
 def _signature(module: Any) -> tuple[str, int, int]:

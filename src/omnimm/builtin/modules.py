@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ class MLPProjector(nn.Module):
         hidden = config.hidden_dim or config.out_dim
         widths = [self.in_dim, *([hidden] * (config.depth - 1)), config.out_dim]
         layers: list[nn.Module] = []
-        for index, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
+        for index, (width_in, width_out) in enumerate(pairwise(widths)):
             layers.append(nn.Linear(width_in, width_out))
             if index < config.depth - 1:
                 layers.append(_ACTIVATIONS[config.activation]())

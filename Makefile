@@ -1,0 +1,43 @@
+# Two entry points: `make demo` (the embedded default) and `make test` (everything CI checks).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint docs serve-docs bench clean
+
+# Installs re-run only when pyproject.toml changes.
+$(BIN)/.installed-demo: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[torch]"
+	touch $@
+
+$(BIN)/.installed-dev: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(BIN)/.installed-demo
+
+demo: $(BIN)/.installed-demo
+	$(BIN)/omnimm plugins
+	$(BIN)/omnimm config validate configs/demo.yaml
+	$(BIN)/omnimm build configs/demo.yaml
+
+test: $(BIN)/.installed-dev
+	$(BIN)/ruff check src plugins tests benchmarks examples
+	$(BIN)/python -m pytest
+	$(BIN)/mkdocs build --strict --quiet
+
+lint: $(BIN)/.installed-dev
+	$(BIN)/ruff check src plugins tests benchmarks examples
+
+docs: $(BIN)/.installed-dev
+	$(BIN)/mkdocs build --strict
+
+serve-docs: $(BIN)/.installed-dev
+	$(BIN)/mkdocs serve
+
+bench: $(BIN)/.installed-dev
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) site build .pytest_cache .ruff_cache .hypothesis

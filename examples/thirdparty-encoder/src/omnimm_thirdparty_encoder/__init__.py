@@ -1,0 +1,1 @@
+"""An example omnimm plugin: a small CNN image encoder registered as `thirdparty/tiny-cnn`."""
