@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+LINTED := src plugins tests benchmarks examples docs/hooks.py
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint docs serve-docs bench clean
@@ -22,19 +24,19 @@ demo: $(BIN)/.installed-demo
 	$(BIN)/omnimm config validate configs/demo.yaml
 	$(BIN)/omnimm build configs/demo.yaml
 
-test: $(BIN)/.installed-dev
-	$(BIN)/ruff check src plugins tests benchmarks examples
+test: lint
 	$(BIN)/python -m pytest
-	$(BIN)/mkdocs build --strict --quiet
+	$(MKDOCS) build --strict --quiet
 
 lint: $(BIN)/.installed-dev
-	$(BIN)/ruff check src plugins tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 docs: $(BIN)/.installed-dev
-	$(BIN)/mkdocs build --strict
+	$(MKDOCS) build --strict
 
 serve-docs: $(BIN)/.installed-dev
-	$(BIN)/mkdocs serve
+	$(MKDOCS) serve
 
 bench: $(BIN)/.installed-dev
 	$(BIN)/python benchmarks/run.py

@@ -29,7 +29,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
-import yaml
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError, model_validator
 from pydantic_core import PydanticCustomError, core_schema
 
@@ -81,6 +80,8 @@ class Config(BaseModel):
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -192,10 +193,12 @@ def field_error(
 ) -> ValidationError:
     """An error pointing at `field` (a name, a dotted path or a `loc` tuple), for cross-field checks.
 
-    Raise it from a `model_validator(mode="after")` so the report names the field, not the whole config::
+    Raise it from a `model_validator(mode="after")` so the report names the field, not the whole config:
 
-        if self.top_k > self.num_experts:
-            raise field_error("top_k", f"must be <= num_experts ({self.num_experts})", self.top_k)
+    ```python
+    if self.top_k > self.num_experts:
+        raise field_error("top_k", f"must be <= num_experts ({self.num_experts})", self.top_k)
+    ```
     """
     loc = tuple(field.split(".")) if isinstance(field, str) else tuple(field)
     return ValidationError.from_exception_data(
@@ -216,7 +219,7 @@ def resolve_component(registry: Registry[Any], value: Any) -> ComponentConfig:
         return _check_instance(registry, value)
     if isinstance(value, str):
         value = {"name": value}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, (dict, Mapping)):  # dict first: the common case skips the slower ABC check
         raise _fail(
             (),
             "component_type",
@@ -239,7 +242,7 @@ def resolve_component(registry: Registry[Any], value: Any) -> ComponentConfig:
         raise _fail(("name",), "unknown_component", registry.unknown_message(name), name) from None
     except ImportError as error:
         raise _fail(("name",), "component_unavailable", str(error), name) from None
-    return config_class.model_validate(dict(value))
+    return config_class.model_validate(value if isinstance(value, dict) else dict(value))
 
 
 def _check_instance(registry: Registry[Any], value: ComponentConfig) -> ComponentConfig:
@@ -333,9 +336,15 @@ def _parse_json(text: str, source: str) -> Any:
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, Positions]:
+    import yaml  # only files need it: keeps `import omnimm.config` lighter
+
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # one parse: the node tree gives lines, the same tree gives the data
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as error:
         line = error.problem_mark.line + 1 if error.problem_mark is not None else None
         problem = error.problem or str(error)
@@ -351,7 +360,9 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, Positions]:
     return data, positions
 
 
-def _walk_yaml(node: yaml.Node, loc: tuple[Any, ...], positions: Positions, duplicates: list[ConfigIssue]) -> None:
+def _walk_yaml(node: Any, loc: tuple[Any, ...], positions: Positions, duplicates: list[ConfigIssue]) -> None:
+    import yaml
+
     positions.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         first_line: dict[Any, int] = {}

@@ -1,19 +1,23 @@
 """The hooks a plugin can implement. Each is an empty, documented function; pluggy checks implementations against it.
 
-A plugin is a module (or object) named by an entry point in the group `omnimm.plugins`::
+A plugin is a module (or object) named by an entry point in the group `omnimm.plugins`:
 
-    # pyproject.toml of your package
-    [project.entry-points."omnimm.plugins"]
-    mything = "my_package.plugin"
+```toml
+# pyproject.toml of your package
+[project.entry-points."omnimm.plugins"]
+mything = "my_package.plugin"
+```
 
-    # my_package/plugin.py: registration only, cheap to import
-    from omnimm import hookimpl
+```python
+# my_package/plugin.py: registration only, cheap to import
+from omnimm import hookimpl
 
-    @hookimpl
-    def omnimm_register(registries):
-        registries.encoders.register_lazy(
-            "mything/encoder", "my_package.model:Encoder", config="my_package.config:EncoderConfig"
-        )
+@hookimpl
+def omnimm_register(registries):
+    registries.encoders.register_lazy(
+        "mything/encoder", "my_package.model:Encoder", config="my_package.config:EncoderConfig"
+    )
+```
 
 A misspelt hook name (`omnimm_registr`) makes the plugin fail to load with a message naming it.
 """

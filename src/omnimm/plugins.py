@@ -262,13 +262,9 @@ def _version(distribution: str) -> str | None:
 
 def _record_for(entry_point: metadata.EntryPoint) -> PluginRecord:
     dist = getattr(entry_point, "dist", None)
-    dist_name = dist.metadata["Name"] if dist is not None else None
-    record = PluginRecord(
-        entry_point.name,
-        entry_point.value,
-        dist_name,
-        dist.version if dist is not None else None,
-    )
+    meta = dist.metadata if dist is not None else None  # parsed once: it is the slow part of discovery
+    dist_name = meta["Name"] if meta is not None else None
+    record = PluginRecord(entry_point.name, entry_point.value, dist_name, meta["Version"] if meta is not None else None)
     # The project's own plugins have an extra of the same name that installs their dependencies.
     if dist_name == BUILTIN and entry_point.name in KNOWN_PLUGINS:
         record.extra = KNOWN_PLUGINS[entry_point.name]

@@ -402,9 +402,16 @@ class Registry(Generic[T]):
 
     @staticmethod
     def _load_plugins() -> None:
-        from omnimm.plugins import ensure_plugins_loaded
+        global _plugins_ready
+        if _plugins_ready:  # the hot path: every lookup passes here
+            return
+        from omnimm.plugins import ensure_plugins_loaded, get_plugin_manager
 
         ensure_plugins_loaded()
+        _plugins_ready = get_plugin_manager().loaded
+
+
+_plugins_ready = False
 
 
 _REGISTRIES: dict[str, Registry[Any]] = {}
