@@ -62,3 +62,39 @@ def test_public_names_resolve_and_unknown_ones_raise():
         assert "no attribute 'not_a_thing'" in str(error)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_building_without_torch_names_the_extra(python):
+    # None in sys.modules makes `import torch` fail exactly as it does where torch is not installed.
+    result = python(
+        """
+        import sys
+        sys.modules["torch"] = None
+        import omnimm
+        config = omnimm.load_config("configs/demo.yaml")  # validation needs no torch
+        try:
+            omnimm.models.build(config.model)
+        except omnimm.MissingDependencyError as error:
+            print(error)
+        """
+    )
+    assert result.returncode == 0, result.output
+    assert result.stdout.strip() == (
+        "model 'omnimm/multimodal-encoder' needs 'torch' (PyPI: torch), which is not installed. "
+        'Install it with: pip install "omnimm[torch]"'
+    )
+
+
+def test_the_cli_reports_a_missing_dependency_in_one_line(tmp_path):
+    import sys
+
+    from .conftest import run
+
+    launcher = tmp_path / "no_torch.py"
+    launcher.write_text("import sys\nsys.modules['torch'] = None\nfrom omnimm.cli import main\nmain()\n")
+    result = run([sys.executable, str(launcher), "build", "configs/demo.yaml"])
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: model 'omnimm/multimodal-encoder' needs 'torch' (PyPI: torch), which is not installed. "
+        'Install it with: pip install "omnimm[torch]"'
+    )

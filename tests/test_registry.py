@@ -199,10 +199,15 @@ def test_unknown_name_without_its_plugin_prefix_is_suggested(scratch_registry):
         reg.get("tiny-cnn")
 
 
-def test_unknown_name_of_a_known_plugin_says_which_extra_installs_it():
+def test_unknown_name_of_a_known_plugin_says_which_extra_installs_it(monkeypatch):
+    from omnimm import plugins
+
+    assert set(plugins.KNOWN_PLUGINS) == {"valley", "favchat", "recse", "simct", "haruhi", "fakenews"}
+    monkeypatch.setitem(plugins.KNOWN_PLUGINS, "futureplugin", "future-extra")
     with pytest.raises(UnknownComponentError) as caught:
-        encoders.get("favchat/face-encoder")
-    assert 'pip install "omnimm[favchat]"' in str(caught.value)
+        encoders.get("futureplugin/face-encoder")
+    assert "'futureplugin/...' components come with the futureplugin plugin: " in str(caught.value)
+    assert 'pip install "omnimm[future-extra]"' in str(caught.value)
 
 
 def test_long_listings_are_cut_with_a_pointer_to_the_cli(scratch_registry):

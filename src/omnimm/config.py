@@ -1,7 +1,7 @@
 """Typed configs: pydantic models that compose components by name.
 
-A component's config subclasses :class:`ComponentConfig`. A parent config says "this field is an encoder" with
-:data:`EncoderRef` (or `Annotated[ComponentConfig, Ref("my-registry")]`); the reference is resolved when the
+A component's config subclasses `ComponentConfig`. A parent config says "this field is an encoder" with
+`EncoderRef` (or `Annotated[ComponentConfig, Ref("my-registry")]`); the reference is resolved when the
 parent is validated, through the registry, so components registered by plugins loaded later are found.
 
 ```python
@@ -15,7 +15,7 @@ cfg.encoder            # a TinyViTConfig instance
 load_config("run.yaml")  # RunConfig, or a component config when the file has a top-level `name`
 ```
 
-Errors are :class:`~omnimm.errors.ConfigError` with the field path and, for YAML files, the line:
+Errors are `ConfigError` with the field path and, for YAML files, the line:
 `run.yaml:7: model.fuser.top_k: must be <= num_experts (4)`.
 """
 
@@ -96,12 +96,12 @@ class Config(BaseModel):
 
     @classmethod
     def load(cls: type[C], path: str | os.PathLike[str]) -> C:
-        """Read and validate a YAML or JSON file as this class; :class:`ConfigError` with file lines if invalid."""
+        """Read and validate a YAML or JSON file as this class; `ConfigError` with file lines if invalid."""
         return cast(C, load_config(path, into=cls))
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any], *, source: str | None = None) -> C:
-        """Validate a mapping; :class:`ConfigError` (with field paths) instead of pydantic's `ValidationError`."""
+        """Validate a mapping; `ConfigError` (with field paths) instead of pydantic's `ValidationError`."""
         try:
             return cls.model_validate(data)
         except ValidationError as error:
@@ -206,64 +206,60 @@ def field_error(
     )
 
 
-def _fail(loc: tuple[Any, ...], kind: str, message: str, value: Any) -> ValidationError:
-    return field_error(loc, message, value, kind)
-
-
 def resolve_component(registry: Registry[Any], value: Any) -> ComponentConfig:
     """Validate `value` as a config of `registry`; raises pydantic's `ValidationError` with relative paths.
 
-    Used inside pydantic validation (where nested paths must compose); call :func:`validate_component` otherwise.
+    Used inside pydantic validation (where nested paths must compose); call `validate_component` otherwise.
     """
     if isinstance(value, ComponentConfig):
         return _check_instance(registry, value)
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, (dict, Mapping)):  # dict first: the common case skips the slower ABC check
-        raise _fail(
+        raise field_error(
             (),
-            "component_type",
             f"expected {registry.a_kind} config (a mapping with a 'name', or just a name), got {type(value).__name__}",
             value,
+            kind="component_type",
         )
     name = value.get("name")
     if name is None:
         listed = (
             ", ".join(registry.names()) or f"none registered; is the plugin that provides {registry.plural} installed?"
         )
-        raise _fail(("name",), "missing", f"which {registry.kind}? set 'name' to one of: {listed}", value)
+        raise field_error(("name",), f"which {registry.kind}? set 'name' to one of: {listed}", value, kind="missing")
     if not isinstance(name, str):
-        raise _fail(
-            ("name",), "string_type", f"{registry.a_kind} name must be a string, got {type(name).__name__}", name
+        raise field_error(
+            ("name",), f"{registry.a_kind} name must be a string, got {type(name).__name__}", name, kind="string_type"
         )
     try:
         config_class = registry.entry(name).config_class()
     except UnknownComponentError:
-        raise _fail(("name",), "unknown_component", registry.unknown_message(name), name) from None
+        raise field_error(("name",), registry.unknown_message(name), name, kind="unknown_component") from None
     except ImportError as error:
-        raise _fail(("name",), "component_unavailable", str(error), name) from None
+        raise field_error(("name",), str(error), name, kind="component_unavailable") from None
     return config_class.model_validate(value if isinstance(value, dict) else dict(value))
 
 
 def _check_instance(registry: Registry[Any], value: ComponentConfig) -> ComponentConfig:
     name = registry.name_of(value)
     if name is None:
-        raise _fail(
+        raise field_error(
             ("name",),
-            "missing",
             f"set 'name': {type(value).__name__} is not registered as exactly one {registry.kind}",
             value,
+            kind="missing",
         )
     try:
         expected = registry.entry(name).config_class()
     except UnknownComponentError:
-        raise _fail(("name",), "unknown_component", registry.unknown_message(name), name) from None
+        raise field_error(("name",), registry.unknown_message(name), name, kind="unknown_component") from None
     if not isinstance(value, expected):
-        raise _fail(
+        raise field_error(
             (),
-            "component_config_class",
             f"{registry.kind} '{name}' takes a {expected.__name__}, got a {type(value).__name__}",
             value,
+            kind="component_config_class",
         )
     return value if value.name == name else value.model_copy(update={"name": name})
 
@@ -271,7 +267,7 @@ def _check_instance(registry: Registry[Any], value: ComponentConfig) -> Componen
 def validate_component(
     registry: Registry[Any], value: Any, *, source: str | None = None, positions: Positions | None = None
 ) -> ComponentConfig:
-    """Validate `value` as a config of `registry`; :class:`ConfigError` with field paths if it is wrong."""
+    """Validate `value` as a config of `registry`; `ConfigError` with field paths if it is wrong."""
     try:
         return resolve_component(registry, value)
     except ValidationError as error:
@@ -298,7 +294,7 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 def read_config_file(path: str | os.PathLike[str]) -> tuple[Any, Positions]:
     """Parse a YAML or JSON file; return the data and, for YAML, the line of every key and list item.
 
-    Raises :class:`ConfigError` for a syntax error or a duplicated key (with lines), `FileNotFoundError` if the
+    Raises `ConfigError` for a syntax error or a duplicated key (with lines), `FileNotFoundError` if the
     file is missing.
     """
     file = Path(path)
@@ -394,8 +390,8 @@ def load_config(path: str | os.PathLike[str], into: Any = None) -> Config:
 
     Args:
         path: a `.yaml`, `.yml` or `.json` file.
-        into: what the file holds: a :class:`Config` subclass, a registry (or its plural name, e.g.
-            `"encoders"`), or `None` to decide from the content (see :func:`validate_config`).
+        into: what the file holds: a `Config` subclass, a registry (or its plural name, e.g.
+            `"encoders"`), or `None` to decide from the content (see `validate_config`).
     """
     data, positions = read_config_file(path)
     return validate_config(data, into, source=str(path), positions=positions)
@@ -404,7 +400,7 @@ def load_config(path: str | os.PathLike[str], into: Any = None) -> Config:
 def validate_config(
     data: Any, into: Any = None, *, source: str | None = None, positions: Positions | None = None
 ) -> Config:
-    """Validate parsed data as `into` (see :func:`config_target`); :class:`ConfigError` with paths if wrong."""
+    """Validate parsed data as `into` (see `config_target`); `ConfigError` with paths if wrong."""
     from omnimm.registry import Registry
 
     target = config_target(data, into, source=source)
@@ -421,9 +417,9 @@ def validate_config(
 def config_target(data: Any, into: Any = None, *, source: str | None = None) -> Registry[Any] | type[Config]:
     """What `data` should be validated as.
 
-    `into` may be a :class:`Config` subclass, a registry or its plural name. With `into=None`, a mapping with a
+    `into` may be a `Config` subclass, a registry or its plural name. With `into=None`, a mapping with a
     top-level `name` is one component's config (the registry that has the name), anything else a
-    :class:`RunConfig`.
+    `RunConfig`.
     """
     from omnimm.registry import Registry, get_registry
 
@@ -493,7 +489,7 @@ def _line_for(loc: tuple[Any, ...], positions: Positions | None) -> int | None:
 
 
 def issues_from_validation_error(error: ValidationError, positions: Positions | None = None) -> list[ConfigIssue]:
-    """One :class:`ConfigIssue` per pydantic line error, with dotted paths and (given positions) file lines."""
+    """One `ConfigIssue` per pydantic line error, with dotted paths and (given positions) file lines."""
     issues = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
@@ -570,7 +566,7 @@ def json_schema(root: Any = None) -> dict[str, Any]:
     """A JSON schema (2020-12) for config files, with a definition for every registered component.
 
     Args:
-        root: what a file holds: a :class:`Config` subclass (default :class:`RunConfig`), or a registry (or its
+        root: what a file holds: a `Config` subclass (default `RunConfig`), or a registry (or its
             plural name) for files that hold one component.
     """
     from omnimm.registry import Registry, all_registries, get_registry

@@ -68,7 +68,7 @@ def require(
     min_version: str | None = None,
     purpose: str | None = None,
 ) -> ModuleType:
-    """Import and return `module`; raise :class:`MissingDependencyError` naming the extra if it is missing.
+    """Import and return `module`; raise `MissingDependencyError` naming the extra if it is missing.
 
     Args:
         module: import name, e.g. `"torch"` or `"cv2"`.

@@ -28,5 +28,5 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    """:func:`atomic_write_bytes` for text."""
+    """`atomic_write_bytes` for text."""
     return atomic_write_bytes(path, text.encode(encoding))

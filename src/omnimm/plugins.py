@@ -92,7 +92,7 @@ def _env_list(name: str) -> list[str] | None:
 
 
 class PluginManager:
-    """Finds, loads and calls omnimm plugins through pluggy. One per process: :func:`get_plugin_manager`."""
+    """Finds, loads and calls omnimm plugins through pluggy. One per process: `get_plugin_manager`."""
 
     def __init__(self) -> None:
         self.hooks = pluggy.PluginManager(hookspecs.PROJECT)
@@ -293,7 +293,7 @@ def ensure_plugins_loaded() -> None:
 
 
 def hint_for_name(component_name: str) -> str | None:
-    """See :meth:`PluginManager.hint_for`."""
+    """See `hint_for`."""
     return get_plugin_manager().hint_for(component_name)
 
 
@@ -305,5 +305,5 @@ def plugin_records() -> list[PluginRecord]:
 
 
 def register_plugin(plugin: Any, name: str, *, extra: str | None = None) -> PluginRecord:
-    """See :meth:`PluginManager.register`."""
+    """See `register`."""
     return get_plugin_manager().register(plugin, name, extra=extra)

@@ -224,10 +224,10 @@ class Registry(Generic[T]):
         Args:
             name: the name configs use (convention: `"plugin/component"`).
             obj: a factory called as `obj(config, **deps)`, usually a class.
-            config: its :class:`ComponentConfig` subclass (or an import string); defaults to the bare base.
+            config: its `ComponentConfig` subclass (or an import string); defaults to the bare base.
             extra: the omnimm extra that installs its dependencies (defaults to the registering plugin's).
             description: one line for listings; defaults to the first docstring line.
-            override: replace an existing entry instead of raising :class:`DuplicateComponentError`.
+            override: replace an existing entry instead of raising `DuplicateComponentError`.
         """
         if obj is None:
 
@@ -305,7 +305,7 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if any(fnmatch.fnmatchcase(n.lower(), p) for p in lowered))
 
     def entry(self, name: str) -> Entry:
-        """The :class:`Entry` for `name`; :class:`UnknownComponentError` with suggestions if there is none."""
+        """The `Entry` for `name`; `UnknownComponentError` with suggestions if there is none."""
         self._load_plugins()
         try:
             return self._entries[name]

@@ -5,5 +5,5 @@
 - `omnimm/concat` (fuser): joins the token sequences of several encoders.
 - `omnimm/multimodal-encoder` (model): encoders -> optional fuser -> optional adapter, with frozen parts.
 
-Configs live in :mod:`omnimm.builtin.configs` (pydantic only); the torch modules in :mod:`omnimm.builtin.modules`.
+Configs live in `configs` (pydantic only); the torch modules in `modules`.
 """
