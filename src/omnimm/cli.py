@@ -31,7 +31,7 @@ app = typer.Typer(
     help="Published multimodal and LLM methods as plugins that compose.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 config_app = typer.Typer(
     help="Check config files, show them with defaults, write their JSON schema.", no_args_is_help=True

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import pluggy
 
 from omnimm import hookspecs
+from omnimm.errors import PluginError
 from omnimm.registry import Owner, all_registries, registering_as, registries
 
 ENTRY_POINT_GROUP = "omnimm.plugins"
@@ -133,12 +134,10 @@ class PluginManager:
             record = _record_for(entry_point)
             if name in self.records:
                 other = self.records[name]
-                record.status, record.reason = (
-                    "failed",
-                    (
-                        f"another plugin is already called '{name}' (from {other.distribution or other.target}); "
-                        f"one of the two distributions must rename its entry point"
-                    ),
+                record.status = "failed"
+                record.reason = (
+                    f"another plugin is already called '{name}' (from {other.distribution or other.target}); "
+                    f"one of the two distributions must rename its entry point"
                 )
                 self.records[f"{name} ({record.distribution})"] = record
                 continue
@@ -171,8 +170,6 @@ class PluginManager:
             raise ValueError(f"a plugin named '{name}' is already loaded; pick another name")
         self._activate(record, lambda: plugin)
         if record.status == "failed":
-            from omnimm.errors import PluginError
-
             raise PluginError(f"plugin '{name}' failed: {record.reason}")
         return record
 
