@@ -179,6 +179,7 @@ def _static_reference() -> tuple[type, dict[str, Any]]:
     from omnimm import load_config
 
     data = load_config(REPO / "configs" / "demo.yaml").to_dict()
+    data.pop("train")  # the static reference describes the model only
     return StaticRun, data
 
 

@@ -115,3 +115,68 @@ def scratch_registry() -> Iterator[object]:
     yield make
     for plural in created:
         registry_module._REGISTRIES.pop(plural, None)
+
+
+requires_shared = pytest.mark.skipif(
+    not (SHARED / "data").is_dir(), reason=f"shared test data not found at {SHARED / 'data'} (a user's machine)"
+)
+
+
+def write_test_video(path: Path, frames: int = 12, size: int = 48, fps: int = 6) -> Path:
+    """A real, losslessly encoded video whose frame t is filled with the grey level 10 * t (so frames identify
+    themselves after decoding)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "bgr0"
+        for t in range(frames):
+            image = np.full((size, size, 3), 10 * t, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+WORDS = [
+    "what colour is it ? describe the video . red blue green yellow a clip of pancakes flipping yes no",
+    "a chat between a curious human and an artificial intelligence assistant . the assistant gives helpful ,"
+    " detailed , and polite answers to the human's questions . ### human : assistant :",
+]
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer(tmp_path_factory) -> Path:
+    """A small word-level tokenizer saved to disk (what tiny test LLMs load)."""
+    from omnimm.llm.tokenizer import train_word_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    train_word_tokenizer(WORDS, extra_tokens=["<video>"]).save_pretrained(folder)
+    return folder
+
+
+def video_llm_config(tokenizer: Path, **overrides: object) -> dict:
+    """A tiny video LLM: tiny ViT (16 patches), valley/stpool, MLP projector, 1-layer Llama."""
+    config = {
+        "name": "omnimm/video-llm",
+        "encoders": {"vision": {"name": "omnimm/tiny-vit", "image_size": 32, "patch_size": 8, "dim": 32, "heads": 2}},
+        "adapter": {"name": "valley/stpool"},
+        "projector": {"name": "omnimm/mlp"},
+        "llm": {
+            "name": "hf/causal-lm",
+            "config": {
+                "model_type": "llama",
+                "hidden_size": 48,
+                "intermediate_size": 96,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+            },
+            "tokenizer": str(tokenizer),
+        },
+        "frames": {"num_frames": 4},
+    }
+    config.update(overrides)
+    return config

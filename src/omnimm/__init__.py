@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     # configs
     "Config": "omnimm.config",
     "ComponentConfig": "omnimm.config",
-    "RunConfig": "omnimm.config",
+    "RunConfig": "omnimm.run",
     "Ref": "omnimm.config",
     "EncoderRef": "omnimm.config",
     "AdapterRef": "omnimm.config",
@@ -88,7 +88,6 @@ if TYPE_CHECKING:
         LLMRef,
         ModelRef,
         Ref,
-        RunConfig,
         field_error,
         json_schema,
         load_config,
@@ -117,3 +116,4 @@ if TYPE_CHECKING:
         models,
         registries,
     )
+    from omnimm.run import RunConfig

@@ -19,7 +19,7 @@ from omnimm import __version__
 def _console(*, stderr: bool = False) -> Console:
     # Piped output (logs, grep, tests) gets wide tables instead of rich's 80-column default, which folds names.
     stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 1000
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
@@ -37,6 +37,8 @@ config_app = typer.Typer(
     help="Check config files, show them with defaults, write their JSON schema.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
+demo_app = typer.Typer(help="Embedded demos of the installed plugins: offline, CPU, small.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
 
 KindOption = Annotated[
     str | None,
@@ -218,8 +220,9 @@ def build_command(
     depth: Annotated[int, typer.Option("--depth", "-d", min=0, help="How many levels of sub-modules to show.")] = 2,
 ) -> None:
     """Build the model a config describes and print its tree with parameter counts (trainable vs frozen)."""
-    from omnimm.config import RunConfig, config_target, read_config_file, validate_config
+    from omnimm.config import config_target, read_config_file, validate_config
     from omnimm.registry import Registry, models
+    from omnimm.run import RunConfig
     from omnimm.summary import describe, module_tree, parameter_counts
 
     data, positions = read_config_file(config_file)
@@ -238,6 +241,85 @@ def build_command(
         )
     else:
         stdout.print(f"{label}: {describe(built)}", markup=False)
+
+
+@app.command("train")
+def train_command(
+    config_file: Annotated[Path, typer.Argument(metavar="RUN", help="A run file with `model:` and `train:`.")],
+    resume: Annotated[
+        bool, typer.Option(help="Skip finished stages and continue an unfinished one from its last checkpoint.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a run's model stage by stage; each stage ends with `<output_dir>/<stage>/final`."""
+    import logging
+
+    from omnimm.config import load_config
+    from omnimm.run import RunConfig
+    from omnimm.training.trainer import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = load_config(config_file, into=RunConfig)
+    if run.train is None:
+        stderr.print(f"{config_file}: no `train:` section, nothing to train", markup=False)
+        raise typer.Exit(1)
+    run_training(run, resume=resume, progress=progress)
+    last = run.train.stages[-1].name
+    stdout.print(f"done: {Path(run.train.output_dir) / last / 'final'}", markup=False)
+
+
+video_app = typer.Typer(help="Look at what a video model sees.", no_args_is_help=True)
+app.add_typer(video_app, name="video")
+
+
+@video_app.command("inspect")
+def video_inspect(
+    video: Annotated[Path, typer.Argument(help="A video (or image) file.")],
+    config_file: Annotated[
+        str, typer.Option("--config", "-c", help="A video LLM config (file, or plugin:name).")
+    ] = "valley:inspect",
+    question: Annotated[str, typer.Option(help="A prompt, to count text tokens.")] = "What happens in the video?",
+) -> None:
+    """Frames sampled (indices, timestamps), each stage's tensor shapes, and the tokens that reach the LLM."""
+    from omnimm.config import load_config
+    from omnimm.registry import models
+    from omnimm.video import read_visual
+
+    config = load_config(config_file, into="models")
+    sampling = getattr(config, "frames", None)
+    if sampling is None:
+        stderr.print(f"{config_file}: model '{config.name}' is not a video LLM", markup=False)
+        raise typer.Exit(1)
+    clip = read_visual(video, num_frames=sampling.num_frames, fps=sampling.fps, max_frames=sampling.max_frames)
+    model = models.build(config)
+    processor = model.processor
+    rule = f"num_frames={sampling.num_frames}" if sampling.num_frames else f"fps={sampling.fps}"
+    stdout.print(
+        f"video: {clip.source}  {clip.fps:.2f} fps, {clip.duration:.2f} s, {clip.total_frames} frames, "
+        f"{clip.frames.shape[2]}x{clip.frames.shape[1]}",
+        markup=False,
+    )
+    frames = Table(title=f"{clip.num_frames} frames sampled ({rule})", title_justify="left")
+    frames.add_column("#", justify="right")
+    frames.add_column("frame index", justify="right")
+    frames.add_column("time (s)", justify="right")
+    for number, (index, stamp) in enumerate(zip(clip.indices, clip.timestamps, strict=True)):
+        frames.add_row(str(number), str(index), f"{stamp:.3f}")
+    stdout.print(frames)
+    shapes = Table(title=f"model: {config_file} ({config.name})", title_justify="left")
+    shapes.add_column("stage")
+    shapes.add_column("shape")
+    for stage, shape in model.trace(processor.pixels(clip)):
+        shapes.add_row(escape(stage), str(list(shape)))
+    stdout.print(shapes)
+    example = processor.encode([("user", question)], clip, for_generation=True)
+    visual = model.num_visual_tokens(clip.num_frames)
+    unpooled = clip.num_frames * model.tokens_per_frame
+    stdout.print(
+        f"tokens into the LLM: {visual} visual + {len(example.input_ids) - visual} text = {len(example.input_ids)} "
+        f"(all frame tokens would be {clip.num_frames} x {model.tokens_per_frame} = {unpooled} visual)",
+        markup=False,
+    )
 
 
 # -- entry point -------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -113,6 +114,32 @@ class ComponentConfig(Config):
 
     name: str | None = None
     """Registered name of the component (e.g. `omnimm/mlp`); set when the config sits inside a parent config."""
+
+    def without_weights(self) -> ComponentConfig:
+        """A copy that builds the same architecture without loading pretrained weights.
+
+        Used before loading saved weights (`from_pretrained`). Components with a weights path override it; the base
+        applies it to every nested component config.
+        """
+        updates = {}
+        for field_name in type(self).model_fields:
+            value = getattr(self, field_name)
+            stripped = _without_weights(value)
+            if stripped is not value:
+                updates[field_name] = stripped
+        return self.model_copy(update=updates) if updates else self
+
+
+def _without_weights(value: Any) -> Any:
+    if isinstance(value, ComponentConfig):
+        return value.without_weights()
+    if isinstance(value, dict):
+        stripped = {key: _without_weights(item) for key, item in value.items()}
+        return stripped if any(stripped[k] is not value[k] for k in value) else value
+    if isinstance(value, (list, tuple)):
+        items = [_without_weights(item) for item in value]
+        return type(value)(items) if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
 
 
 def _rebuilt_line_error(cls: type[BaseModel], error: Any) -> Any:
@@ -276,16 +303,6 @@ def validate_component(
         ) from None
 
 
-# -- the root of a run file --------------------------------------------------------------------------------------
-
-
-class RunConfig(Config):
-    """A run file: the model to build. A file with a top-level `name` is a single component's config instead."""
-
-    model: ModelRef
-    """The composed model (a name from the `models` registry with its options)."""
-
-
 # -- files -------------------------------------------------------------------------------------------------------
 
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -297,7 +314,7 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[Any, Positions]:
     Raises `ConfigError` for a syntax error or a duplicated key (with lines), `FileNotFoundError` if the
     file is missing.
     """
-    file = Path(path)
+    file = resolve_config_path(path)
     suffix = file.suffix.lower()
     if suffix not in (*_YAML_SUFFIXES, ".json"):
         raise ConfigError(
@@ -310,6 +327,35 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[Any, Positions]:
     if suffix == ".json":
         return _parse_json(text, str(file)), {}
     return _parse_yaml(text, str(file))
+
+
+_PACKAGED = re.compile(r"^(?P<plugin>[A-Za-z0-9_.-]+):(?P<name>[A-Za-z0-9_./-]+)$")
+
+
+def resolve_config_path(path: str | os.PathLike[str]) -> Path:
+    """A file path, or `plugin:name` for a config a plugin ships (`<its package>/configs/<name>.yaml`).
+
+    `omnimm build valley:demo` reads the demo config of the `valley` plugin wherever it is installed.
+    """
+    file = Path(path)
+    match = _PACKAGED.match(str(path))
+    if file.exists() or match is None:
+        return file
+    from omnimm.plugins import plugin_records
+
+    record = next((r for r in plugin_records() if r.name == match["plugin"] and r.plugin is not None), None)
+    if record is None or not getattr(record.plugin, "__file__", None):
+        return file
+    folder = Path(record.plugin.__file__).parent / "configs"
+    name = match["name"]
+    candidates = [folder / name, folder / f"{name}.yaml", folder / f"{name}.yml", folder / f"{name}.json"]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        shipped = sorted(p.stem for p in folder.glob("*.y*ml")) if folder.is_dir() else []
+        raise FileNotFoundError(
+            f"plugin '{match['plugin']}' ships no config '{name}' (it ships: {', '.join(shipped) or 'none'})"
+        )
+    return found
 
 
 def _parse_json(text: str, source: str) -> Any:
@@ -434,6 +480,8 @@ def config_target(data: Any, into: Any = None, *, source: str | None = None) -> 
         raise TypeError(f"into= takes a Config subclass, a registry or a registry name, got {into!r}")
     if "name" in data:
         return _registry_for_root(data, source)
+    from omnimm.run import RunConfig
+
     return RunConfig
 
 
@@ -580,6 +628,8 @@ def json_schema(root: Any = None) -> dict[str, Any]:
             schema = _component_json_schema(root.plural)
             schema["title"] = f"omnimm {root.kind} config"
         else:
+            from omnimm.run import RunConfig
+
             schema = (root or RunConfig).model_json_schema()
         for registry in all_registries().values():
             for name in registry.names():

@@ -80,3 +80,12 @@ class ConfigError(OmnimmError, ValueError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class MediaError(OmnimmError, ValueError):
+    """A video or image file is missing, empty or cannot be decoded. The message names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -491,3 +491,5 @@ fusers: Registry[Any] = Registry("fuser", description="Combine features from sev
 llms: Registry[Any] = Registry("llm", description="Language-model backbones (causal LMs with their tokenizers).")
 evaluators: Registry[Any] = Registry("evaluator", description="Score models or outputs: metrics, gates, benchmarks.")
 models: Registry[Any] = Registry("model", description="Composed models built from the components above.")
+templates: Registry[Any] = Registry("template", description="Chat formats: system prompt, role prefixes, stop string.")
+datasets: Registry[Any] = Registry("dataset", description="Training and evaluation data sources.")

@@ -51,8 +51,9 @@ class TinyViTConfig(ComponentConfig):
 class MLPConfig(ComponentConfig):
     """Projector from features to a backbone's width: linear (`depth: 1`) or an MLP (`depth: 2` = mlp2x_gelu)."""
 
-    out_dim: int = Field(ge=1)
-    """Width of the output features (the backbone's hidden size)."""
+    out_dim: int | None = Field(None, ge=1)
+    """Width of the output features (the backbone's hidden size); leave unset to take it from the model that uses
+    the projector (a video LLM passes its LLM's width)."""
     in_dim: int | None = Field(None, ge=1)
     """Width of the input features; leave unset to take it from the component in front (the model passes it)."""
     depth: int = Field(2, ge=1, le=8)
@@ -63,6 +64,8 @@ class MLPConfig(ComponentConfig):
     """Activation between layers."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout after each hidden activation."""
+    norm: bool = False
+    """LayerNorm the input first (as InternVL's projector does): steadier training on unnormalised features."""
 
 
 class ConcatConfig(ComponentConfig):

@@ -11,6 +11,7 @@ from torch import nn
 
 from omnimm.builtin.configs import ConcatConfig, MLPConfig, MultimodalEncoderConfig, TinyViTConfig
 from omnimm.registry import adapters, encoders, fusers
+from omnimm.vision.preprocess import HALF, ImageTransform
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -18,7 +19,8 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "s
 class TinyViT(nn.Module):
     """Patch embedding, a CLS token, learned positions and pre-norm transformer layers.
 
-    `forward(images [B, C, H, W]) -> tokens [B, 1 + N, dim]` with the CLS token first.
+    `forward(images [B, C, H, W]) -> tokens [B, 1 + N, dim]` with the CLS token first; `preprocess` turns uint8
+    RGB frames into its input (squashed to `image_size`, scaled to [-1, 1]).
     """
 
     def __init__(self, config: TinyViTConfig) -> None:
@@ -43,6 +45,8 @@ class TinyViT(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
+        self.image_size = config.image_size
+        self.preprocess = ImageTransform(config.image_size, mean=HALF, std=HALF, resize="squash")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size, channels = self.config.image_size, self.config.in_channels
@@ -56,12 +60,12 @@ class TinyViT(nn.Module):
         return self.norm(self.blocks(tokens))
 
 
-def _input_width(configured: int | None, given: int | None, who: str) -> int:
+def _width(field: str, configured: int | None, given: int | None, who: str, role: str) -> int:
     if configured is None and given is None:
-        raise ValueError(f"{who}: in_dim is not set and nothing in front of it provides the width; set in_dim")
+        raise ValueError(f"{who}: {field} is not set and nothing around it provides the width; set {field}")
     if configured is not None and given is not None and configured != given:
         raise ValueError(
-            f"{who}: in_dim is {configured} but its input has {given} features; set in_dim: {given} or leave it unset"
+            f"{who}: {field} is {configured} but {role} {given} features; set {field}: {given} or leave it unset"
         )
     return configured if configured is not None else given  # type: ignore[return-value]
 
@@ -69,14 +73,14 @@ def _input_width(configured: int | None, given: int | None, who: str) -> int:
 class MLPProjector(nn.Module):
     """`depth` linear layers with an activation between them: `[..., in_dim] -> [..., out_dim]`."""
 
-    def __init__(self, config: MLPConfig, *, in_dim: int | None = None) -> None:
+    def __init__(self, config: MLPConfig, *, in_dim: int | None = None, out_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
-        self.in_dim = _input_width(config.in_dim, in_dim, "adapter 'omnimm/mlp'")
-        self.out_dim = config.out_dim
-        hidden = config.hidden_dim or config.out_dim
-        widths = [self.in_dim, *([hidden] * (config.depth - 1)), config.out_dim]
-        layers: list[nn.Module] = []
+        self.in_dim = _width("in_dim", config.in_dim, in_dim, "adapter 'omnimm/mlp'", "its input has")
+        self.out_dim = _width("out_dim", config.out_dim, out_dim, "adapter 'omnimm/mlp'", "the model expects")
+        hidden = config.hidden_dim or self.out_dim
+        widths = [self.in_dim, *([hidden] * (config.depth - 1)), self.out_dim]
+        layers: list[nn.Module] = [nn.LayerNorm(self.in_dim)] if config.norm else []
         for index, (width_in, width_out) in enumerate(pairwise(widths)):
             layers.append(nn.Linear(width_in, width_out))
             if index < config.depth - 1:
@@ -95,7 +99,7 @@ class MLPProjector(nn.Module):
 
 
 class ConcatFuser(nn.Module):
-    """Concatenates `[B, N_i, D_i]` features along tokens (equal D) or features (equal N)."""
+    """Concatenates `[..., N_i, D_i]` features along tokens (equal D) or features (equal N)."""
 
     def __init__(self, config: ConcatConfig, *, in_dims: Sequence[int] | None = None) -> None:
         super().__init__()
@@ -109,16 +113,21 @@ class ConcatFuser(nn.Module):
                 )
             self.out_dim = in_dims[0] if config.axis == "tokens" else sum(in_dims)
 
+    def tokens_out(self, tokens_in: Sequence[int]) -> int:
+        """Tokens per item after fusion, given each input's token count."""
+        return sum(tokens_in) if self.config.axis == "tokens" else tokens_in[0]
+
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         if not features:
             raise ValueError("fuser 'omnimm/concat' got no inputs")
-        axis = 1 if self.config.axis == "tokens" else -1
-        keep = -1 if axis == 1 else 1  # the axis that must agree
+        axis = -2 if self.config.axis == "tokens" else -1
+        keep = -1 if axis == -2 else -2  # the axis that must agree
         shapes = [list(f.shape) for f in features]
-        if any(f.ndim != 3 for f in features) or len({s[keep] for s in shapes}) > 1:
-            what = "width" if axis == 1 else "length"
+        same_rest = len({(*s[:-2], s[keep]) for s in shapes}) == 1
+        if any(f.ndim < 3 for f in features) or not same_rest:
+            what = "width" if axis == -2 else "length"
             raise ValueError(
-                f"fuser 'omnimm/concat' ({self.config.axis}) needs [batch, tokens, width] inputs of equal {what}, "
+                f"fuser 'omnimm/concat' ({self.config.axis}) needs [..., tokens, width] inputs of equal {what}, "
                 f"got shapes {shapes}"
             )
         return torch.cat(list(features), dim=axis)

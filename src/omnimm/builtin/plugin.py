@@ -20,9 +20,39 @@ def omnimm_register(registries: Registries) -> None:
     registries.fusers.register_lazy(
         "omnimm/concat", f"{_MODULES}:ConcatFuser", config=f"{_CONFIGS}:ConcatConfig", extra="torch"
     )
+    vision = "omnimm.vision"
+    for name, module, config in [
+        ("openclip/vit", "OpenCLIPVision", "OpenCLIPVisionConfig"),
+        ("hf/clip-vision", "HFCLIPVision", "HFCLIPVisionConfig"),
+        ("timm/vit", "TimmViT", "TimmViTConfig"),
+    ]:
+        registries.encoders.register_lazy(
+            name, f"{vision}.encoders:{module}", config=f"{vision}.configs:{config}", extra="valley"
+        )
     registries.models.register_lazy(
         "omnimm/multimodal-encoder",
         f"{_MODULES}:MultimodalEncoder",
         config=f"{_CONFIGS}:MultimodalEncoderConfig",
         extra="torch",
     )
+    registries.models.register_lazy(
+        "omnimm/video-llm",
+        "omnimm.videollm.model:VideoLLM",
+        config="omnimm.videollm.configs:VideoLLMConfig",
+        extra="valley",
+    )
+    registries.datasets.register_lazy(
+        "omnimm/conversations",
+        "omnimm.videollm.data:ConversationDataset",
+        config="omnimm.videollm.configs:ConversationDataConfig",
+        extra="valley",
+    )
+    registries.llms.register_lazy(
+        "hf/causal-lm", "omnimm.llm.causal_lm:HFCausalLM", config="omnimm.llm.configs:HFCausalLMConfig", extra="valley"
+    )
+    for name, attribute, description in [
+        ("omnimm/llava-v0", "LLAVA_V0", "The '###' Human/Assistant format of LLaVA v0 and Valley."),
+        ("omnimm/chatml", "CHATML", "ChatML, as SmolLM2, Qwen and others use it."),
+        ("omnimm/plain", "PLAIN", "No roles: prompt, newline, answer (caption pre-training)."),
+    ]:
+        registries.templates.register_lazy(name, f"omnimm.llm.templates:{attribute}", description=description)

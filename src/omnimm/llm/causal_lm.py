@@ -1,0 +1,95 @@
+"""`hf/causal-lm`: a transformers causal LM and its tokenizer behind one small interface."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from omnimm.deps import require
+from omnimm.llm.attention import resolve_attention
+from omnimm.llm.configs import HFCausalLMConfig
+from omnimm.llm.tokenizer import BYTES, byte_tokenizer
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFCausalLM(nn.Module):
+    """A transformers `AutoModelForCausalLM` (`.model`) with its tokenizer (`.tokenizer`).
+
+    Composite models talk to it through `embed`, `forward(inputs_embeds=...)`, `generate(inputs_embeds=...)`
+    and `add_special_tokens`.
+    """
+
+    def __init__(self, config: HFCausalLMConfig) -> None:
+        super().__init__()
+        transformers = require("transformers", extra="valley", purpose="llm 'hf/causal-lm'")
+        self.config = config
+        attention = resolve_attention(config.attention)
+        dtype = _DTYPES[config.dtype]
+        if config.tokenizer == BYTES:
+            self.tokenizer = byte_tokenizer()
+        else:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+                config.tokenizer or config.path, **({"gguf_file": config.gguf_file} if config.gguf_file else {})
+            )
+        if config.path is not None and config.load_weights:
+            extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(
+                config.path, attn_implementation=attention, dtype=dtype, **extra
+            )
+        else:
+            if config.path is not None:
+                hf_config = transformers.AutoConfig.from_pretrained(config.path)
+            else:
+                options = dict(config.config)
+                options.setdefault("vocab_size", len(self.tokenizer))  # an inline model fits its tokenizer
+                hf_config = transformers.AutoConfig.for_model(options.pop("model_type"), **options)
+            self.model = transformers.AutoModelForCausalLM.from_config(
+                hf_config, attn_implementation=attention, dtype=dtype
+            )
+        rows = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
+            raise ValueError(
+                f"llm 'hf/causal-lm': the tokenizer has {len(self.tokenizer)} tokens but the model only {rows} "
+                f"embeddings; raise vocab_size (or leave it out of an inline config to match the tokenizer)"
+            )
+        if self.tokenizer.pad_token is None:  # batching needs one; the eos token is the usual stand-in
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.attention = attention
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Add tokens the tokenizer lacks (resizing the embeddings) and return their ids."""
+        missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_special_tokens(
+                {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+            )
+            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        return [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.model(**kwargs)
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return self.model.generate(**kwargs)
+
+    def save_architecture(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the model's config and the tokenizer (no weights) to `folder`; returns it."""
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        base = getattr(self.model, "get_base_model", lambda: self.model)()
+        base.config.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+        return target

@@ -1,0 +1,49 @@
+"""Config of the `hf/causal-lm` backbone (pydantic only)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from omnimm.config import ComponentConfig, field_error
+
+Attention = Literal["auto", "sdpa", "eager", "xformers"]
+
+
+class HFCausalLMConfig(ComponentConfig):
+    """Any transformers causal LM with its tokenizer: from a local folder, or from an inline config (tiny models)."""
+
+    path: str | None = None
+    """A local folder with `config.json`, weights and tokenizer files (what `save_pretrained` writes)."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """An inline transformers config for a randomly initialised model, with `model_type` (e.g. `llama`) and its
+    options; used when `path` is not set."""
+    tokenizer: str | None = None
+    """A local tokenizer folder; defaults to `path`. Required with an inline `config`; `bytes` builds a byte-level
+    tokenizer in code (no files: for tiny test models)."""
+    gguf_file: str | None = None
+    """A GGUF file inside `path` to load (dequantised) instead of safetensors weights; needs the `gguf` package."""
+    load_weights: bool = True
+    """`false` builds the architecture of `path` with random weights (used before loading saved weights)."""
+    attention: Attention = "auto"
+    """Attention kernel: `auto` picks xformers on CUDA when installed, else torch SDPA; `sdpa`, `eager` and
+    `xformers` force one (xformers falls back to SDPA for tensors on the CPU, where it has no kernels)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype after loading."""
+
+    @model_validator(mode="after")
+    def _source(self) -> HFCausalLMConfig:
+        if self.path is None and not self.config:
+            raise field_error("path", "set a local model folder, or an inline `config` with a `model_type`")
+        if self.path is None:
+            if "model_type" not in self.config:
+                raise field_error("config.model_type", "an inline config needs a model_type (e.g. llama)")
+            if self.tokenizer is None:
+                raise field_error("tokenizer", "an inline config needs a tokenizer folder")
+        if self.gguf_file is not None and self.path is None:
+            raise field_error("gguf_file", "needs `path`: the folder that holds the GGUF file")
+        return self
+
+    def without_weights(self) -> HFCausalLMConfig:
+        return self.model_copy(update={"load_weights": False})

@@ -1,0 +1,43 @@
+"""The root of a run file: the model to build and, optionally, how to train it."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from pydantic import model_validator
+
+from omnimm.config import Config, ModelRef, field_error
+from omnimm.training.configs import TrainConfig
+
+
+class RunConfig(Config):
+    """A run file: the model to build, and optionally its training stages. A file with a top-level `name` is a
+    single component's config instead."""
+
+    model: ModelRef
+    """The composed model (a name from the `models` registry with its options)."""
+    train: TrainConfig | None = None
+    """Training stages; `omnimm train RUN.yaml` runs them."""
+
+    @model_validator(mode="after")
+    def _stages_name_real_parts(self) -> RunConfig:
+        part_names = getattr(self.model, "part_names", None)
+        if self.train is None or part_names is None:
+            return self
+        parts = part_names()
+        for index, stage in enumerate(self.train.stages):
+            for position, pattern in enumerate(stage.train):
+                if not fnmatch.filter(parts, pattern):
+                    raise field_error(
+                        ("train", "stages", index, "train", position),
+                        f"'{pattern}' matches no part of the model (parts: {', '.join(parts)})",
+                        pattern,
+                    )
+            for part in stage.part_learning_rates:
+                if not fnmatch.filter(parts, part):
+                    raise field_error(
+                        ("train", "stages", index, "part_learning_rates", part),
+                        f"'{part}' matches no part of the model (parts: {', '.join(parts)})",
+                        part,
+                    )
+        return self

@@ -1,0 +1,207 @@
+"""Run training stages with HF's `Trainer`: progress bars, gradient accumulation, schedules, checkpoints, resume
+and data parallelism come from it; this module decides what trains and how it is saved.
+
+Works for models that expose `parts()`, `processor` (the collate function), `save_pretrained`/`from_pretrained`
+and, for LoRA stages, `add_lora`/`merge_lora`/`has_lora` (the video LLM does).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnimm.deps import require
+from omnimm.registry import datasets, models
+from omnimm.run import RunConfig
+from omnimm.training.configs import StageConfig, TrainConfig
+
+log = logging.getLogger("omnimm.training")
+
+WEIGHTS_FILE = "model.safetensors"
+FINAL = "final"
+
+
+def resolve_parts(model: Any, patterns: Sequence[str]) -> list[str]:
+    """Part names matching the patterns (wildcards allowed), in the model's order."""
+    parts = list(model.parts())
+    return [part for part in parts if any(fnmatch.fnmatch(part, pattern) for pattern in patterns)]
+
+
+def set_trainable(model: Any, patterns: Sequence[str]) -> list[str]:
+    """Make exactly the parameters of the matching parts trainable (with LoRA on the LLM, only its adapters).
+
+    Returns the names of the trainable parameters.
+    """
+    model.requires_grad_(False)
+    named = model.parts()
+    lora = bool(getattr(model, "has_lora", False))
+    for part in resolve_parts(model, patterns):
+        module = named[part]
+        if part == "llm" and lora:
+            for name, parameter in module.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+        else:
+            module.requires_grad_(True)
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+class _TrainerView(torch.nn.Module):
+    """What HF's Trainer sees: the model minus its pydantic `config`, where Trainer would write HF-only flags."""
+
+    accepts_loss_kwargs = True
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: Any) -> Any:
+        return self.model(**batch)
+
+
+def _inner(model: Any) -> Any:
+    """The omnimm model inside Trainer's wrappers (DistributedDataParallel, the view above)."""
+    model = getattr(model, "module", model)
+    return model.model if isinstance(model, _TrainerView) else model
+
+
+def _stage_trainer_class() -> type:
+    transformers = require("transformers", extra="valley", purpose="training")
+    safetensors_torch = require("safetensors.torch", extra="torch", purpose="training checkpoints")
+
+    class StageTrainer(transformers.Trainer):
+        """HF Trainer with per-part learning rates and safetensors checkpoints of any `nn.Module`."""
+
+        def __init__(self, *args: Any, stage: StageConfig, **kwargs: Any) -> None:
+            self.stage = stage
+            super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            if self.optimizer is None:
+                self.optimizer = torch.optim.AdamW(
+                    _parameter_groups(self.model, self.stage), lr=self.stage.learning_rate, weight_decay=0.0
+                )
+            return self.optimizer
+
+        def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+            # Shared tensors (tied embeddings) are written once; no pickled training_args.bin.
+            folder = Path(output_dir or self.args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            safetensors_torch.save_model(_inner(self.accelerator.unwrap_model(self.model)), str(folder / WEIGHTS_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            target = _inner(self.accelerator.unwrap_model(model if model is not None else self.model))
+            safetensors_torch.load_model(target, str(Path(resume_from_checkpoint) / WEIGHTS_FILE))
+
+    return StageTrainer
+
+
+def _parameter_groups(model: Any, stage: StageConfig) -> list[dict[str, Any]]:
+    """One optimizer group per learning rate; parameters take the rate of the most specific matching part."""
+    model = _inner(model)
+    owners: dict[int, str] = {}
+    for part, module in sorted(model.parts().items(), key=lambda item: item[0].count(".")):
+        for parameter in module.parameters():
+            owners[id(parameter)] = part  # deeper parts come later and win
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        part = owners.get(id(parameter), "")
+        rate = stage.learning_rate
+        for pattern, override in stage.part_learning_rates.items():
+            if fnmatch.fnmatch(part, pattern) or fnmatch.fnmatch(part.split(".")[0], pattern):
+                rate = override
+        groups.setdefault(rate, []).append(parameter)
+    if not groups:
+        raise ValueError(f"stage '{stage.name}' trains {stage.train} but no parameter there can learn")
+    weight_decay = stage.weight_decay
+    return [{"params": params, "lr": rate, "weight_decay": weight_decay} for rate, params in groups.items()]
+
+
+def _arguments(train: TrainConfig, stage: StageConfig, output: Path, progress: bool) -> Any:
+    transformers = require("transformers", extra="valley", purpose="training")
+    use_cpu = train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
+    return transformers.TrainingArguments(
+        output_dir=str(output),
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        learning_rate=stage.learning_rate,
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        lr_scheduler_type=stage.scheduler,
+        warmup_steps=stage.warmup_ratio,  # a float below 1 is a fraction of the total steps
+        weight_decay=stage.weight_decay,
+        logging_steps=stage.logging_steps,
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=train.save_total_limit,
+        seed=train.seed,
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        use_cpu=use_cpu,
+        ddp_backend="gloo" if use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        dataloader_num_workers=train.dataloader_workers,
+        train_sampling_strategy="random" if stage.shuffle else "sequential",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=not progress,
+    )
+
+
+def train_stage(
+    model: Any, train: TrainConfig, stage: StageConfig, *, resume: bool = False, progress: bool = True
+) -> Any:
+    """Train one stage in place; returns the HF trainer (its `state.log_history` holds the losses)."""
+    transformers = require("transformers", extra="valley", purpose="training")
+    output = Path(train.output_dir) / stage.name
+    if stage.lora is not None and not getattr(model, "has_lora", False):
+        lora = stage.lora
+        model.add_lora(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+    trainable = set_trainable(model, stage.train)
+    log.info("stage %s: %d trainable tensors in %s", stage.name, len(trainable), resolve_parts(model, stage.train))
+    dataset = datasets.build(stage.data, processor=model.processor)
+    trainer = _stage_trainer_class()(
+        model=_TrainerView(model),
+        args=_arguments(train, stage, output, progress),
+        train_dataset=dataset,
+        data_collator=model.processor,
+        stage=stage,
+    )
+    checkpoint = transformers.trainer_utils.get_last_checkpoint(str(output)) if resume and output.is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    skipped = getattr(dataset, "skipped", {})
+    if skipped:
+        log.warning("stage %s skipped %d unreadable media file(s): %s", stage.name, len(skipped), sorted(skipped)[:5])
+    return trainer
+
+
+def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True, model: Any = None) -> Any:
+    """Build the run's model (unless given) and train it stage by stage; returns the trained model.
+
+    Each stage ends with `<output_dir>/<stage>/final` (config JSON + safetensors). With `resume`, finished stages
+    are loaded from there and skipped, and an unfinished one continues from its last checkpoint.
+    """
+    if run.train is None:
+        raise ValueError("the run has no `train:` section")
+    if model is None:
+        torch.manual_seed(run.train.seed)  # the same initial weights on every run and every process
+        model = models.build(run.model)
+    for stage in run.train.stages:
+        final = Path(run.train.output_dir) / stage.name / FINAL
+        if resume and (final / "config.json").is_file():
+            log.info("stage %s is done (%s): loading it", stage.name, final)
+            model = type(model).from_pretrained(final)
+            continue
+        trainer = train_stage(model, run.train, stage, resume=resume, progress=progress)
+        if stage.lora is not None and stage.lora.merge:
+            model.merge_lora()
+        if trainer.is_world_process_zero():
+            model.save_pretrained(final)
+        trainer.accelerator.wait_for_everyone()
+    return model

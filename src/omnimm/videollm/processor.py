@@ -1,0 +1,152 @@
+"""Text + video -> model inputs: sample and preprocess frames, render the chat template, place visual tokens."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from omnimm.llm.templates import ChatTemplate, normalise_role
+from omnimm.video import VideoClip, read_visual
+from omnimm.videollm.configs import FrameSampling
+from omnimm.vision.preprocess import ImageTransform
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One tokenised conversation with its frames."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: dict[str, torch.Tensor]
+    """Per encoder key: `[T, 3, S, S]`."""
+    clip: VideoClip | None = None
+
+
+class VideoLLMProcessor:
+    """Everything between files and tensors for one video LLM (it is `model.processor`)."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        template: ChatTemplate,
+        visual_token: str,
+        visual_token_id: int,
+        transforms: Mapping[str, ImageTransform],
+        sampling: FrameSampling,
+        tokens_for_frames: Callable[[int], int],
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.visual_token = visual_token
+        self.visual_token_id = visual_token_id
+        self.transforms = dict(transforms)
+        self.sampling = sampling
+        self.tokens_for_frames = tokens_for_frames
+        self._bos = self._leading_bos(tokenizer)
+
+    @staticmethod
+    def _leading_bos(tokenizer: Any) -> list[int]:
+        """The BOS id if this tokenizer puts one in front of text by default (Llama-style), else nothing."""
+        bos = tokenizer.bos_token_id
+        if bos is None:
+            return []
+        ids = tokenizer("a").input_ids
+        return [bos] if ids and ids[0] == bos else []
+
+    # -- media ------------------------------------------------------------------------------------------------------
+
+    def read(self, path: str | os.PathLike[str]) -> VideoClip:
+        """Decode and sample a video (or read an image) the way this model expects."""
+        s = self.sampling
+        return read_visual(path, num_frames=s.num_frames, fps=s.fps, max_frames=s.max_frames)
+
+    def pixels(self, clip: VideoClip) -> dict[str, torch.Tensor]:
+        """Each encoder's preprocessing applied to the clip's frames: `{key: [T, 3, S, S]}`."""
+        return {key: transform(clip.frames) for key, transform in self.transforms.items()}
+
+    # -- text -------------------------------------------------------------------------------------------------------
+
+    def _with_placeholder(self, turns: Sequence[tuple[str, str]], has_visual: bool) -> list[tuple[str, str]]:
+        turns = [(normalise_role(role), text) for role, text in turns]
+        mentions = sum(text.count(self.visual_token) for _, text in turns)
+        if not has_visual:
+            if mentions:
+                raise ValueError(f"the conversation mentions {self.visual_token} but no video or image was given")
+            return turns
+        if mentions > 1:
+            raise ValueError(f"the conversation mentions {self.visual_token} {mentions} times; one video per sample")
+        if mentions == 0:  # LLaVA's convention: the video goes in front of the first user message
+            index = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
+            if index is None:
+                raise ValueError("a conversation needs a user turn")
+            role, text = turns[index]
+            turns[index] = (role, f"{self.visual_token}\n{text}")
+        return turns
+
+    def encode(
+        self,
+        turns: Sequence[tuple[str, str]],
+        clip: VideoClip | None = None,
+        *,
+        for_generation: bool = False,
+    ) -> Example:
+        """Tokenise a conversation (`(role, text)` turns); labels mark only the assistant's words (and the EOS).
+
+        With `for_generation`, the prompt ends with the assistant prefix and labels are all ignored.
+        """
+        turns = self._with_placeholder(turns, clip is not None)
+        segments = self.template.render(turns, add_generation_prompt=for_generation)
+        ids: list[int] = list(self._bos)
+        labels: list[int] = [IGNORE_INDEX] * len(ids)
+        visual = self.tokens_for_frames(clip.num_frames) if clip is not None else 0
+        for segment in segments:
+            piece = self.tokenizer(segment.text, add_special_tokens=False).input_ids
+            piece = self._expand_visual(piece, visual)
+            ids += piece
+            labels += piece if segment.target else [IGNORE_INDEX] * len(piece)
+        eos = self.tokenizer.eos_token_id
+        if not for_generation and eos is not None and segments and segments[-1].target:
+            ids.append(eos)
+            labels.append(eos)
+        pixel_values = self.pixels(clip) if clip is not None else {}
+        return Example(ids, labels, pixel_values, clip)
+
+    def _expand_visual(self, piece: list[int], count: int) -> list[int]:
+        if self.visual_token_id not in piece:
+            return piece
+        index = piece.index(self.visual_token_id)
+        return piece[:index] + [self.visual_token_id] * count + piece[index + 1 :]
+
+    # -- batches ----------------------------------------------------------------------------------------------------
+
+    def collate(self, examples: Sequence[Example], *, padding_side: str = "right") -> dict[str, Any]:
+        """Pad a list of examples into a batch. Right padding for training, left for generation."""
+        if not examples:
+            raise ValueError("cannot collate an empty batch")
+        longest = max(len(e.input_ids) for e in examples)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(examples), longest), pad, dtype=torch.long)
+        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(examples), longest), dtype=torch.long)
+        for row, example in enumerate(examples):
+            length = len(example.input_ids)
+            span = slice(longest - length, longest) if padding_side == "left" else slice(0, length)
+            input_ids[row, span] = torch.tensor(example.input_ids)
+            labels[row, span] = torch.tensor(example.labels)
+            attention[row, span] = 1
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        keys = {key for e in examples for key in e.pixel_values}
+        if keys:
+            batch["pixel_values"] = {key: [e.pixel_values[key] for e in examples] for key in sorted(keys)}
+        return batch
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
+        """Collate for training (a `DataLoader`'s `collate_fn`)."""
+        return self.collate(examples)

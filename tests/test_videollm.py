@@ -1,0 +1,215 @@
+"""The video LLM: token placement, labels, forward/backward, generation, save and reload, datasets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from omnimm import models
+from omnimm.errors import ConfigError, MediaError
+from omnimm.videollm.model import VideoLLM, causal_lm_loss
+from omnimm.videollm.processor import IGNORE_INDEX
+
+from .conftest import video_llm_config, write_test_video
+
+
+@pytest.fixture
+def model(word_tokenizer):
+    torch.manual_seed(0)
+    return models.build(video_llm_config(word_tokenizer))
+
+
+@pytest.fixture
+def clip_file(tmp_path):
+    return write_test_video(tmp_path / "clip.mkv", frames=10)
+
+
+def test_visual_token_count_is_n_plus_t(model, clip_file):
+    assert model.num_visual_tokens(4) == 16 + 4
+    clip = model.processor.read(clip_file)
+    example = model.processor.encode([("user", "what colour is it?"), ("assistant", "red")], clip)
+    assert example.input_ids.count(model.visual_token_id) == 20
+    assert example.pixel_values["vision"].shape == (4, 3, 32, 32)
+
+
+def test_labels_cover_the_answers_and_eos_only(model, clip_file):
+    processor = model.processor
+    clip = processor.read(clip_file)
+    turns = [("human", "what colour is it?"), ("gpt", "red"), ("human", "describe the video."), ("gpt", "a clip")]
+    example = processor.encode(turns, clip)
+    learned = [token for token, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    tokens = processor.tokenizer.convert_ids_to_tokens(learned)
+    assert tokens == ["red", "#", "#", "#", "a", "clip", "#", "#", "#", "</s>"]
+    assert all(
+        label == IGNORE_INDEX
+        for token, label in zip(example.input_ids, example.labels, strict=True)
+        if token == model.visual_token_id
+    )
+
+
+def test_the_placeholder_goes_where_the_text_says(model, clip_file):
+    processor = model.processor
+    clip = processor.read(clip_file)
+    default = processor.encode([("user", "what colour is it?"), ("assistant", "red")], clip)
+    explicit = processor.encode([("user", "what colour is it? <video>"), ("assistant", "red")], clip)
+    first = default.input_ids.index(model.visual_token_id)
+    assert explicit.input_ids.index(model.visual_token_id) > first
+    with pytest.raises(ValueError, match="mentions <video> but no video"):
+        processor.encode([("user", "<video> what?"), ("assistant", "red")])
+    with pytest.raises(ValueError, match="mentions <video> 2 times"):
+        processor.encode([("user", "<video> <video>"), ("assistant", "red")], clip)
+
+
+def test_forward_backward_and_masked_scatter(model, clip_file):
+    processor = model.processor
+    clip = processor.read(clip_file)
+    batch = processor.collate(
+        [
+            processor.encode([("user", "what colour is it?"), ("assistant", "red")], clip),
+            processor.encode([("user", "describe the video."), ("assistant", "a clip of pancakes flipping")], clip),
+        ]
+    )
+    out = model(**batch)
+    assert out["logits"].shape[:2] == batch["input_ids"].shape and out["loss"].requires_grad
+    out["loss"].backward()
+    assert model.projector.layers[0].weight.grad.abs().sum() > 0
+    embeds = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
+    features = model.visual_features(batch["pixel_values"])
+    placeholders = batch["input_ids"][0] == model.visual_token_id
+    assert torch.equal(embeds[0][placeholders], features[0])  # the visual tokens sit exactly at the placeholders
+
+
+def test_a_count_mismatch_is_a_clear_error(model, clip_file):
+    processor = model.processor
+    example = processor.encode([("user", "what?"), ("assistant", "red")], processor.read(clip_file))
+    batch = processor.collate([example])
+    batch["pixel_values"]["vision"] = [batch["pixel_values"]["vision"][0][:2]]  # 2 frames: 18 tokens, not 20
+    with pytest.raises(ValueError, match="batch row 0 has 20 <video> placeholder tokens but its video gives 18"):
+        model(**batch)
+
+
+def test_videos_with_different_frame_counts_share_a_batch(word_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = models.build(video_llm_config(word_tokenizer, frames={"fps": 2}))
+    short = write_test_video(tmp_path / "short.mkv", frames=6, fps=6)  # 1 s -> 2 frames
+    long = write_test_video(tmp_path / "long.mkv", frames=24, fps=6)  # 4 s -> 8 frames
+    examples = [
+        model.processor.encode([("user", "what?"), ("assistant", "red")], model.processor.read(p))
+        for p in (short, long)
+    ]
+    assert [e.pixel_values["vision"].shape[0] for e in examples] == [2, 8]
+    assert torch.isfinite(model(**model.processor.collate(examples))["loss"])
+
+
+def test_loss_normalises_by_the_given_token_count():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 3, 4, 5, 6]])
+    mean = causal_lm_loss(logits, labels)
+    assert torch.allclose(causal_lm_loss(logits, labels, num_items_in_batch=6), mean)  # 6 labelled positions
+    assert torch.allclose(causal_lm_loss(logits, labels, num_items_in_batch=12), mean / 2)
+
+
+def test_generate_and_answer(model, clip_file):
+    reply = model.answer(clip_file, "what colour is it?", max_new_tokens=5)
+    assert isinstance(reply, str) and "###" not in reply and "<video>" not in reply
+    processor = model.processor
+    clip = processor.read(clip_file)
+    examples = [processor.encode([("user", q)], clip, for_generation=True) for q in ("what?", "describe the video.")]
+    batch = processor.collate(examples, padding_side="left")
+    assert batch["attention_mask"][0, 0] == 0  # left padded
+    batch.pop("labels")
+    assert model.generate(**batch, max_new_tokens=3).shape[0] == 2
+
+
+def test_save_and_reload_give_identical_outputs(word_tokenizer, clip_file, tmp_path):
+    torch.manual_seed(0)
+    model = models.build(
+        video_llm_config(word_tokenizer, standardize=True, adapter={"name": "valley/stpool", "variant": "v3"})
+    )
+    processor = model.processor
+    batch = processor.collate([processor.encode([("user", "what?"), ("assistant", "red")], processor.read(clip_file))])
+    model.train()
+    model(**batch)  # gathers the standardiser's statistics
+    model.eval()
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "llm", "model.safetensors"]
+    saved = json.loads((folder / "config.json").read_text())["omnimm"]
+    assert saved["llm"]["path"] == "llm" and saved["llm"]["load_weights"] is False
+    reloaded = VideoLLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch)["logits"], reloaded(**batch)["logits"])
+    assert model.answer(clip_file, "what?", max_new_tokens=4) == reloaded.answer(clip_file, "what?", max_new_tokens=4)
+    model.save_pretrained(folder)  # saving over an existing save replaces it
+    assert not list(tmp_path.glob(".saved*"))
+
+
+def test_from_pretrained_on_a_wrong_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a saved video LLM"):
+        VideoLLM.from_pretrained(tmp_path)
+
+
+def test_config_checks(word_tokenizer):
+    with pytest.raises(ConfigError, match=r"freeze\[0\]: 'projecter' matches no part"):
+        models.validate(video_llm_config(word_tokenizer, freeze=["projecter"]))
+    with pytest.raises(ConfigError, match=r"template: .*unknown template 'valey/v0' \(did you mean 'valley/v0'"):
+        models.validate(video_llm_config(word_tokenizer, template="valey/v0"))
+    with pytest.raises(ConfigError, match=r"frames.fps: give num_frames or fps, not both"):
+        models.validate(video_llm_config(word_tokenizer, frames={"num_frames": 4, "fps": 1}))
+
+
+def test_frozen_parts_and_parts_names(model):
+    assert list(model.parts()) == ["encoders", "encoders.vision", "adapter", "projector", "llm"]
+    assert not any(p.requires_grad for p in model.encoders.parameters())
+    assert all(p.requires_grad for p in model.projector.parameters())
+
+
+def conversations(tmp_path, records):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return {"name": "omnimm/conversations", "path": str(path)}
+
+
+def test_conversation_dataset_skips_unreadable_videos(model, tmp_path, caplog):
+    from omnimm.registry import datasets
+
+    write_test_video(tmp_path / "good.mkv")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 40)
+    turn = [{"from": "human", "value": "what?"}, {"from": "gpt", "value": "red"}]
+    records = [
+        {"video": "broken.mp4", "conversations": turn},
+        {"video": "good.mkv", "conversations": turn},
+        {"video": "missing.mp4", "conversations": turn},
+    ]
+    data = datasets.build(conversations(tmp_path, records), processor=model.processor)
+    with caplog.at_level("WARNING", logger="omnimm.data"):
+        items = [data[i] for i in range(len(data))]
+    assert all(item.clip.source.endswith("good.mkv") for item in items)
+    assert sorted(p.split("/")[-1] for p in data.skipped) == ["broken.mp4", "missing.mp4"]
+    assert len([r for r in caplog.records if "skipping unreadable media" in r.message]) == 1  # warned once
+
+
+def test_conversation_dataset_with_no_readable_video_stops(model, tmp_path):
+    from omnimm.registry import datasets
+
+    turn = [{"from": "human", "value": "what?"}, {"from": "gpt", "value": "red"}]
+    data = datasets.build(
+        conversations(tmp_path, [{"video": "nope.mp4", "conversations": turn}]), processor=model.processor
+    )
+    with pytest.raises(MediaError, match="no readable media"):
+        data[0]
+
+
+def test_malformed_records_are_reported_with_their_index(model, tmp_path):
+    from omnimm.registry import datasets
+
+    records = [
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+        {"conversations": [{"from": "human"}]},
+        "text",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        datasets.build(conversations(tmp_path, records), processor=model.processor)
+    paths = [issue.path for issue in caught.value.issues]
+    assert paths == ["[1].conversations[0]", "[1].conversations", "[2]"]
