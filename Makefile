@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Installs re-run only when pyproject.toml changes.
 $(BIN)/.installed-demo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[torch]"
+	$(BIN)/python -m pip install --quiet -e ".[valley]"
 	touch $@
 
 $(BIN)/.installed-dev: pyproject.toml
@@ -21,8 +21,7 @@ $(BIN)/.installed-dev: pyproject.toml
 
 demo: $(BIN)/.installed-demo
 	$(BIN)/omnimm plugins
-	$(BIN)/omnimm config validate configs/demo.yaml
-	$(BIN)/omnimm build configs/demo.yaml
+	$(BIN)/omnimm demo valley
 
 test: lint
 	$(BIN)/python -m pytest

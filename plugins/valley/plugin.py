@@ -28,8 +28,7 @@ def omnimm_register(registries: Registries) -> None:
 
 @hookimpl
 def omnimm_cli(app: Any) -> None:
-    from omnimm_plugins.valley.cli import demo_valley
-
     from omnimm.cli import demo_app
+    from omnimm_plugins.valley.cli import demo_valley
 
     demo_app.command("valley")(demo_valley)

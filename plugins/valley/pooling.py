@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from omnimm_plugins.valley.configs import STPoolConfig, VCGPTPoolConfig
 from torch import nn
+
+from omnimm_plugins.valley.configs import STPoolConfig, VCGPTPoolConfig
 
 
 def _check(tokens: torch.Tensor, who: str) -> None:
@@ -48,6 +49,16 @@ class SpatioTemporalPool(nn.Module):
     def num_tokens(self, frames: int, patches: int) -> int:
         return patches + (frames if self.config.temporal_tokens else 0)
 
+    def _importance_pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        # Work on the contiguous [B, T, (1+N) D] view: two batched matrix-vector products, no copy of the patches
+        # and no [B, T, N, D] product tensor (the CLS slot gets a zero weight and is dropped at the end).
+        batch, frames, width, dim = tokens.shape
+        flat = tokens.reshape(batch, frames, width * dim)
+        weight = torch.cat([self.importance.weight.new_zeros(1, dim), self.importance.weight.view(-1, dim)]).view(-1)
+        scores = (flat @ weight.to(flat.dtype) + self.importance.bias).softmax(dim=1)  # [B, T]
+        pooled = torch.bmm(scores.unsqueeze(1).to(flat.dtype), flat).view(batch, width, dim)
+        return pooled[:, 1:]
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         _check(tokens, "valley/stpool")
         batch, frames, _, dim = tokens.shape
@@ -56,8 +67,7 @@ class SpatioTemporalPool(nn.Module):
         if variant == "v1" and self.config.reduce == "max":
             pooled = patches.max(dim=1).values
         elif variant == "v2":
-            scores = self.importance(patches.reshape(batch, frames, -1)).softmax(dim=1)  # [B, T, 1]
-            pooled = (scores.unsqueeze(-1) * patches).sum(dim=1)
+            pooled = self._importance_pool(tokens)
         else:
             pooled = patches.mean(dim=1)
         if variant == "v3":

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omnimm_plugins.valley.configs import ShapesDataConfig
 
 from omnimm.deps import require
 from omnimm.files import atomic_write_text
 from omnimm.videollm.data import MediaDataset
 from omnimm.videollm.processor import VideoLLMProcessor
+from omnimm_plugins.valley.configs import ShapesDataConfig
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (240, 220, 40)}
 SHAPES = ("square", "circle", "triangle")

@@ -46,16 +46,11 @@ class VideoLLM(nn.Module):
         self.llm = llms.build(config.llm)
         hidden = self.llm.hidden_size
         patches = self.tokens_per_frame - 1
-        if config.project_first:
-            self.projector = adapters.build(config.projector, in_dim=width, out_dim=hidden)
-            self.adapter = (
-                adapters.build(config.adapter, dim=hidden, num_patches=patches) if config.adapter is not None else None
-            )
-        else:
-            self.adapter = (
-                adapters.build(config.adapter, dim=width, num_patches=patches) if config.adapter is not None else None
-            )
-            self.projector = adapters.build(config.projector, in_dim=width, out_dim=hidden)
+        self.projector = adapters.build(config.projector, in_dim=width, out_dim=hidden)
+        pooled_width = hidden if config.project_first else width  # Valley projects first, then pools
+        self.adapter = None
+        if config.adapter is not None:
+            self.adapter = adapters.build(config.adapter, dim=pooled_width, num_patches=patches)
         self.visual_token_id = self.llm.add_special_tokens([config.visual_token])[0]
         self.template = templates.get(config.template)
         self.processor = VideoLLMProcessor(
