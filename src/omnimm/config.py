@@ -25,7 +25,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
@@ -231,6 +231,30 @@ def field_error(
     return ValidationError.from_exception_data(
         "config", [{"type": PydanticCustomError(kind, message), "loc": loc, "input": value}]
     )
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_identifier_keys(mapping: Mapping[str, Any], what: str) -> None:
+    """Raise a `field_error` at the first key that is not a Python identifier (keys that name model parts)."""
+    for key in mapping:
+        if not _IDENTIFIER.match(key):
+            raise field_error((key,), f"{what} must be a Python identifier (letters, digits, _)", key)
+
+
+def check_part_patterns(
+    patterns: Sequence[str] | Mapping[str, Any], parts: Sequence[str], loc: tuple[Any, ...]
+) -> None:
+    """Raise a `field_error` for the first pattern (list item or mapping key) that matches none of `parts`."""
+    import fnmatch
+
+    items = patterns.keys() if isinstance(patterns, Mapping) else range(len(patterns))
+    for item in items:
+        pattern = item if isinstance(patterns, Mapping) else patterns[item]
+        if not fnmatch.filter(parts, pattern):
+            message = f"'{pattern}' matches no part (parts: {', '.join(parts)})"
+            raise field_error((*loc, item), message, pattern)
 
 
 def resolve_component(registry: Registry[Any], value: Any) -> ComponentConfig:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fnmatch
-
 from pydantic import model_validator
 
-from omnimm.config import Config, ModelRef, field_error
+from omnimm.config import Config, ModelRef, check_part_patterns
 from omnimm.training.configs import TrainConfig
 
 
@@ -26,18 +24,6 @@ class RunConfig(Config):
             return self
         parts = part_names()
         for index, stage in enumerate(self.train.stages):
-            for position, pattern in enumerate(stage.train):
-                if not fnmatch.filter(parts, pattern):
-                    raise field_error(
-                        ("train", "stages", index, "train", position),
-                        f"'{pattern}' matches no part of the model (parts: {', '.join(parts)})",
-                        pattern,
-                    )
-            for part in stage.part_learning_rates:
-                if not fnmatch.filter(parts, part):
-                    raise field_error(
-                        ("train", "stages", index, "part_learning_rates", part),
-                        f"'{part}' matches no part of the model (parts: {', '.join(parts)})",
-                        part,
-                    )
+            check_part_patterns(stage.train, parts, ("train", "stages", index, "train"))
+            check_part_patterns(stage.part_learning_rates, parts, ("train", "stages", index, "part_learning_rates"))
         return self

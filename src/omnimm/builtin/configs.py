@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from omnimm.config import AdapterRef, ComponentConfig, EncoderRef, FuserRef, field_error
+from omnimm.config import (
+    AdapterRef,
+    ComponentConfig,
+    EncoderRef,
+    FuserRef,
+    check_identifier_keys,
+    check_part_patterns,
+    field_error,
+)
 
 
 class TinyViTConfig(ComponentConfig):
@@ -75,9 +81,6 @@ class ConcatConfig(ComponentConfig):
     """`tokens`: [B, N1+N2, D]; `features`: [B, N, D1+D2]."""
 
 
-_PART_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
 class MultimodalEncoderConfig(ComponentConfig):
     """Encoders -> optional fuser -> optional adapter: named inputs in, one token sequence out."""
 
@@ -93,9 +96,7 @@ class MultimodalEncoderConfig(ComponentConfig):
     @field_validator("encoders")
     @classmethod
     def _keys_are_identifiers(cls, encoders: dict[str, ComponentConfig]) -> dict[str, ComponentConfig]:
-        for key in encoders:
-            if not _PART_KEY.match(key):
-                raise field_error((key,), "an input key must be a Python identifier (letters, digits, _)", key)
+        check_identifier_keys(encoders, "an input key")
         return encoders
 
     @model_validator(mode="after")
@@ -103,12 +104,7 @@ class MultimodalEncoderConfig(ComponentConfig):
         if len(self.encoders) > 1 and self.fuser is None:
             keys = ", ".join(self.encoders)
             raise field_error("fuser", f"required with more than one encoder ({keys}); e.g. {{name: omnimm/concat}}")
-        parts = self.part_names()
-        for index, pattern in enumerate(self.freeze):
-            if not fnmatch.filter(parts, pattern):
-                raise field_error(
-                    ("freeze", index), f"'{pattern}' matches no part (parts: {', '.join(parts)})", pattern
-                )
+        check_part_patterns(self.freeze, self.part_names(), ("freeze",))
         return self
 
     def part_names(self) -> list[str]:

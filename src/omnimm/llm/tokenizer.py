@@ -17,7 +17,6 @@ def train_word_tokenizer(texts: Iterable[str], *, extra_tokens: Sequence[str] = 
     joins words with spaces. Save it with `.save_pretrained(folder)` and point `hf/causal-lm`'s `tokenizer` there.
     """
     tokenizers = require("tokenizers", extra="valley", purpose="training a tokenizer")
-    transformers = require("transformers", extra="valley", purpose="training a tokenizer")
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = tokenizers.Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -28,6 +27,11 @@ def train_word_tokenizer(texts: Iterable[str], *, extra_tokens: Sequence[str] = 
     special = [*SPECIAL_TOKENS, *extra_tokens]
     trainer = trainers.WordLevelTrainer(special_tokens=special, min_frequency=1)
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _as_transformers(tokenizer, extra_tokens)
+
+
+def _as_transformers(tokenizer: Any, extra_tokens: Sequence[str]) -> Any:
+    transformers = require("transformers", extra="valley", purpose="a tokenizer")
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -48,7 +52,6 @@ def byte_tokenizer(extra_tokens: Sequence[str] = ()) -> Any:
     Sequences are long, but any text round-trips; made for tiny test and inspection models.
     """
     require("tokenizers", extra="valley", purpose="a byte tokenizer")
-    transformers = require("transformers", extra="valley", purpose="a byte tokenizer")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -56,11 +59,4 @@ def byte_tokenizer(extra_tokens: Sequence[str] = ()) -> Any:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        additional_special_tokens=list(extra_tokens),
-    )
+    return _as_transformers(tokenizer, extra_tokens)

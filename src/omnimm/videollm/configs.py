@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
-
 from pydantic import Field, field_validator, model_validator
 
-from omnimm.config import AdapterRef, ComponentConfig, Config, EncoderRef, FuserRef, LLMRef, field_error
-
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from omnimm.config import (
+    AdapterRef,
+    ComponentConfig,
+    Config,
+    EncoderRef,
+    FuserRef,
+    LLMRef,
+    check_identifier_keys,
+    check_part_patterns,
+    field_error,
+)
 
 
 class FrameSampling(Config):
@@ -64,9 +69,7 @@ class VideoLLMConfig(ComponentConfig):
     @field_validator("encoders")
     @classmethod
     def _keys(cls, encoders: dict[str, ComponentConfig]) -> dict[str, ComponentConfig]:
-        for key in encoders:
-            if not _KEY.match(key):
-                raise field_error((key,), "an encoder key must be a Python identifier (letters, digits, _)", key)
+        check_identifier_keys(encoders, "an encoder key")
         return encoders
 
     @field_validator("template")
@@ -82,12 +85,7 @@ class VideoLLMConfig(ComponentConfig):
     def _parts(self) -> VideoLLMConfig:
         if len(self.encoders) > 1 and self.fuser is None:
             raise field_error("fuser", f"required with more than one encoder ({', '.join(self.encoders)})")
-        parts = self.part_names()
-        for index, pattern in enumerate(self.freeze):
-            if not fnmatch.filter(parts, pattern):
-                raise field_error(
-                    ("freeze", index), f"'{pattern}' matches no part (parts: {', '.join(parts)})", pattern
-                )
+        check_part_patterns(self.freeze, self.part_names(), ("freeze",))
         return self
 
     def part_names(self) -> list[str]:
