@@ -47,6 +47,12 @@ def omnimm_register(registries: Registries) -> None:
         config="omnimm.videollm.configs:ConversationDataConfig",
         extra="valley",
     )
+    registries.encoders.register_lazy(
+        "hf/sentence-encoder",
+        "omnimm.sentence.encoder:SentenceEncoder",
+        config="omnimm.sentence.configs:SentenceEncoderConfig",
+        extra="recse",
+    )
     registries.llms.register_lazy(
         "hf/causal-lm", "omnimm.llm.causal_lm:HFCausalLM", config="omnimm.llm.configs:HFCausalLMConfig", extra="valley"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,27 @@ class HFCausalLM(nn.Module):
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.model.generate(**kwargs)
 
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Write a folder `hf/causal-lm` (and transformers) can load: config, safetensors weights, tokenizer.
+
+        Works for models loaded from GGUF too (their weights are dequantised; transformers itself refuses to save
+        them): the config is written without the GGUF quantisation record.
+        """
+        safetensors_torch = require("safetensors.torch", extra="torch", purpose="saving an LLM")
+        target = self.save_architecture(folder)
+        safetensors_torch.save_model(self._base_model(), str(target / "model.safetensors"), metadata={"format": "pt"})
+        return target
+
+    def _base_model(self) -> Any:
+        return getattr(self.model, "get_base_model", lambda: self.model)()
+
     def save_architecture(self, folder: str | os.PathLike[str]) -> Path:
         """Write the model's config and the tokenizer (no weights) to `folder`; returns it."""
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
-        base = getattr(self.model, "get_base_model", lambda: self.model)()
-        base.config.save_pretrained(target)
+        config = copy.deepcopy(self._base_model().config)
+        if hasattr(config, "quantization_config"):  # a GGUF load leaves this behind; the weights are dense now
+            del config.quantization_config
+        config.save_pretrained(target)
         self.tokenizer.save_pretrained(target)
         return target
