@@ -50,12 +50,13 @@ def print_table(suite: str, rows: list[dict[str, object]], console: Console) -> 
     for column in ["benchmark", "ours", "reference", "ratio", "unit", "notes"]:
         table.add_column(column, justify="right" if column in ("ours", "reference", "ratio") else "left")
     for row in rows:
-        ratio = row.get("ratio")
+        ratio, reference = row.get("ratio"), row.get("reference")
+        labels = f"{escape(str(row['ours_label']))} vs {escape(str(row.get('reference_label')))}"
         table.add_row(
-            f"{row['benchmark']}\n[dim]{escape(str(row['ours_label']))} vs {escape(str(row['reference_label']))}[/]",
+            f"{row['benchmark']}\n[dim]{labels}[/]",
             f"{row['ours']:.4g}",
-            f"{row['reference']:.4g}",
-            f"{ratio:.3g}" if isinstance(ratio, float) else "-",
+            f"{reference:.4g}" if isinstance(reference, (int, float)) else "-",
+            f"{ratio:.3g}" if isinstance(ratio, (int, float)) else "-",
             str(row["unit"]),
             str(row.get("notes", "")),
         )

@@ -97,7 +97,7 @@ def test_lcs_and_meteor_on_known_cases():
     assert meteor(["dog"], ["cat"]) == 0.0
 
 
-# -- classifier -------------------------------------------------------------------------------------------------------
+# -- classifier ----------------------------------------------------------------------------------------------------
 
 
 def synthetic_pairs(n: int, seed: int = 0):
@@ -164,7 +164,7 @@ def test_best_threshold_maximises_balanced_accuracy():
     assert 0.2 < threshold < 0.4 or 0.6 < threshold < 0.8
 
 
-# -- statistics ---------------------------------------------------------------------------------------------------------
+# -- statistics ----------------------------------------------------------------------------------------------------
 
 
 def test_t_tests_match_scipy():
@@ -198,7 +198,7 @@ def test_equivalence_needs_evidence_not_just_no_difference():
         one_sample_test(np.zeros(1))
 
 
-# -- records -----------------------------------------------------------------------------------------------------------
+# -- records -------------------------------------------------------------------------------------------------------
 
 
 def test_malformed_lines_are_reported_with_their_numbers(tmp_path):
@@ -227,7 +227,7 @@ def test_samples_are_grouped_by_prompt(tmp_path):
     assert stage.responses == {"p": ["a", "c"], "q": ["b"]} and stage.query_types == {"q": "math"}
 
 
-# -- the gate on real model stages ------------------------------------------------------------------------------------
+# -- the gate on real model stages ---------------------------------------------------------------------------------
 
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bear", "duck"]

@@ -24,7 +24,8 @@ def plot(result: GateResult) -> bytes:
     from matplotlib import pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    bins = 30
+    lowest = min([0.0, *result.within_scores, *result.cross_scores])
+    bins = [lowest + (1 - lowest) * i / 30 for i in range(31)]  # scores are at most 1
     left.hist(result.within_scores, bins=bins, alpha=0.6, label="within a stage", color="#0969da")
     left.hist(result.cross_scores, bins=bins, alpha=0.6, label="across stages", color="#bf3989")
     left.set_xlabel(f"pair score ({result.score})")
