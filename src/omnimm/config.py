@@ -213,6 +213,8 @@ EvaluatorRef = Annotated[ComponentConfig, Ref("evaluators")]
 """A field holding an evaluator's config."""
 ModelRef = Annotated[ComponentConfig, Ref("models")]
 """A field holding a composed model's config."""
+MemoryRef = Annotated[ComponentConfig, Ref("memories")]
+"""A field holding a memory store's config."""
 
 
 def field_error(

@@ -89,3 +89,14 @@ class MediaError(OmnimmError, ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class StoreError(OmnimmError, RuntimeError):
+    """A persisted store (index, memories, cache) is missing, corrupted, or does not match what loads it.
+
+    The message names the folder or file and what was expected (dimension, model, checksum).
+    """
+
+
+class BackendError(OmnimmError, RuntimeError):
+    """A served model could not be reached or answered something unusable. The message names the URL and why."""

@@ -493,3 +493,6 @@ evaluators: Registry[Any] = Registry("evaluator", description="Score models or o
 models: Registry[Any] = Registry("model", description="Composed models built from the components above.")
 templates: Registry[Any] = Registry("template", description="Chat formats: system prompt, role prefixes, stop string.")
 datasets: Registry[Any] = Registry("dataset", description="Training and evaluation data sources.")
+memories: Registry[Any] = Registry(
+    "memory", "memories", description="Vector memory stores: add, delete, search by embedding, persist safely."
+)

@@ -56,6 +56,9 @@ def omnimm_register(registries: Registries) -> None:
     registries.llms.register_lazy(
         "hf/causal-lm", "omnimm.llm.causal_lm:HFCausalLM", config="omnimm.llm.configs:HFCausalLMConfig", extra="valley"
     )
+    registries.llms.register_lazy(
+        "openai/chat", "omnimm.llm.openai_http:OpenAIChat", config="omnimm.llm.configs:OpenAIChatConfig"
+    )
     for name, attribute, description in [
         ("omnimm/llava-v0", "LLAVA_V0", "The '###' Human/Assistant format of LLaVA v0 and Valley."),
         ("omnimm/chatml", "CHATML", "ChatML, as SmolLM2, Qwen and others use it."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from omnimm.deps import require
 from omnimm.llm.attention import resolve_attention
+from omnimm.llm.chat import Message, check_messages
 from omnimm.llm.configs import HFCausalLMConfig
 from omnimm.llm.tokenizer import BYTES, byte_tokenizer
 
@@ -85,6 +87,51 @@ class HFCausalLM(nn.Module):
     def generate(self, **kwargs: Any) -> torch.Tensor:
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         return self.model.generate(**kwargs)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in this model's tokenizer, without special tokens."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat_prompt(self, messages: Sequence[Message]) -> tuple[str, str | None]:
+        """The text `chat()` feeds the model for `messages`, and the stop string (None: the eos token)."""
+        messages = check_messages(messages)
+        if self.config.chat_template is None and getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return text, None
+        from omnimm.registry import templates
+
+        template = templates.get(self.config.chat_template or "omnimm/chatml")
+        turns = [(m["role"], m["content"]) for m in messages]
+        return template.prompt(turns), template.stop.strip() or None
+
+    @torch.no_grad()
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> str:
+        """The assistant's reply to `messages` (greedy when `temperature` is 0)."""
+        text, stop = self.chat_prompt(messages)
+        device = next(self.model.parameters()).device
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p)
+            if seed is not None:
+                torch.manual_seed(seed)
+        else:  # silence warnings about sampling options in the model's generation config
+            options.update(temperature=None, top_p=None, top_k=None)
+        if stop:
+            options.update(stop_strings=[stop], tokenizer=self.tokenizer)
+        output = self.generate(**inputs, **options)
+        reply = self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        if stop and stop in reply:
+            reply = reply[: reply.index(stop)]
+        return reply.strip()
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Write a folder `hf/causal-lm` (and transformers) can load: config, safetensors weights, tokenizer.

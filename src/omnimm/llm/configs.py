@@ -31,6 +31,9 @@ class HFCausalLMConfig(ComponentConfig):
     `xformers` force one (xformers falls back to SDPA for tensors on the CPU, where it has no kernels)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype after loading."""
+    chat_template: str | None = None
+    """For `chat()`: a name in the templates registry (e.g. `omnimm/chatml`). Unset: the tokenizer's own chat
+    template when it has one, else `omnimm/chatml`."""
 
     @model_validator(mode="after")
     def _source(self) -> HFCausalLMConfig:
@@ -47,3 +50,29 @@ class HFCausalLMConfig(ComponentConfig):
 
     def without_weights(self) -> HFCausalLMConfig:
         return self.model_copy(update={"load_weights": False})
+
+
+class OpenAIChatConfig(ComponentConfig):
+    """A chat model behind an OpenAI-compatible HTTP endpoint (vLLM, llama.cpp server, ollama, a hosted API)."""
+
+    base_url: str
+    """The API root, e.g. `http://127.0.0.1:8000/v1` (requests go to `{base_url}/chat/completions`)."""
+    model: str
+    """The model name the server expects."""
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the API key (sent as a Bearer token when set). Keys never go into configs."""
+    timeout: float = Field(120.0, gt=0)
+    """Seconds to wait for one response."""
+    max_retries: int = Field(2, ge=0)
+    """Retries after a connection error, a 429 or a 5xx answer, with exponential back-off."""
+    tokenizer: str | None = None
+    """A local tokenizer folder matching the served model, for exact token counts. Unset: counts are estimated as
+    one token per 4 characters (prompt budgets become approximate)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Extra request fields passed through unchanged (e.g. `{"top_k": 20}` for vLLM)."""
+
+    @model_validator(mode="after")
+    def _url(self) -> OpenAIChatConfig:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise field_error("base_url", f"expected an http:// or https:// URL, got {self.base_url!r}")
+        return self

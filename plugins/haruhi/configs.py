@@ -1,0 +1,76 @@
+"""Configs of the haruhi plugin (pydantic only: validating a config imports neither faiss nor torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from omnimm.config import ComponentConfig, EncoderRef, LLMRef, field_error
+
+
+class MemoryStoreConfig(ComponentConfig):
+    """`haruhi/memory`: a faiss index of unit-length embeddings (inner product = cosine), ids mapped to texts."""
+
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    """`flat`: exact search (the default; right up to ~100k memories). `ivf`: inverted lists, approximate, fast to
+    build, supports deletes. `hnsw`: graph, approximate, fastest queries, deletes are tombstones until compaction."""
+    nlist: int | None = Field(None, ge=1)
+    """IVF cells. Unset: 4 * sqrt(n) on the first add, at most n / 39 (faiss' minimum training points per cell)."""
+    nprobe: int = Field(16, ge=1)
+    """IVF cells visited per query (recall vs speed)."""
+    hnsw_m: int = Field(32, ge=4)
+    """HNSW neighbours per node."""
+    ef_construction: int = Field(80, ge=8)
+    """HNSW candidate list size while building."""
+    ef_search: int = Field(64, ge=1)
+    """HNSW candidate list size per query (recall vs speed)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: search on the GPU when faiss-gpu is installed and a GPU is visible (`flat` and `ivf`)."""
+
+
+class PromptConfig(ComponentConfig):
+    """How a prompt is composed: retrieval depth, token budgets and the language template."""
+
+    top_k: int = Field(10, ge=1)
+    """Scenes retrieved per query (before packing)."""
+    max_story_tokens: int = Field(1500, ge=0)
+    """Token budget for the scenes (their heading and separators included)."""
+    max_history_tokens: int = Field(1200, ge=0)
+    """Token budget for earlier exchanges; the newest come first and a turn is never cut."""
+    language: Literal["en", "zh"] = "en"
+    """Template for the scene heading, separators and query format."""
+    story_heading: str | None = None
+    """Overrides the language template's scene heading."""
+
+
+class GenerationConfig(ComponentConfig):
+    """Decoding options passed to the LLM backend."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    """0 decodes greedily."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+
+
+class SessionConfig(ComponentConfig):
+    """A role-play session: which character, how to embed queries, which LLM answers, and the prompt rules."""
+
+    character: str
+    """A character package folder (see `omnimm haruhi import-script`)."""
+    encoder: EncoderRef | None = None
+    """Embeds queries. Unset: the encoder the character was indexed with (recorded in its manifest)."""
+    llm: LLMRef | None = None
+    """Any backend with `chat()` and `count_tokens()`: `hf/causal-lm`, `openai/chat`, ... Unset: retrieval and prompt
+    composition only (tokens are then estimated at 4 characters each)."""
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    user_role: str = ""
+    """The name the user speaks as in queries (e.g. `JULIET`); empty: the query text alone."""
+
+    @model_validator(mode="after")
+    def _character(self) -> SessionConfig:
+        if not self.character.strip():
+            raise field_error("character", "give the folder of a character package")
+        return self
