@@ -148,3 +148,78 @@ def test_byte_tokenizer_round_trips_anything():
     tokenizer = byte_tokenizer()
     text = "héllo 世界 ###"
     assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
+# -- chat backends ----------------------------------------------------------------------------------------------
+
+
+def test_hf_causal_lm_chat_uses_a_registered_template_and_counts_tokens():
+    from omnimm.llm.chat import ChatBackend
+
+    lm = tiny_lm(chat_template="omnimm/chatml")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    text, stop = lm.chat_prompt(messages)
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert stop == "<|im_end|>"
+    reply = lm.chat(messages, max_new_tokens=5)
+    assert isinstance(reply, str)
+    assert lm.chat(messages, max_new_tokens=5) == reply  # greedy: deterministic
+    assert lm.count_tokens("héllo") == len("héllo".encode())  # the byte tokenizer: one token per byte
+    assert isinstance(lm, ChatBackend)
+
+
+def test_chat_rejects_bad_messages_with_their_index():
+    lm = tiny_lm()
+    with pytest.raises(ValueError, match=r"messages\[1\]\.role"):
+        lm.chat([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}])
+    with pytest.raises(ValueError, match=r"messages\[1\]: a system message may only come first"):
+        lm.chat([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
+
+
+def test_openai_chat_talks_to_a_real_loopback_server(monkeypatch):
+    from tests.openai_server import openai_server
+
+    monkeypatch.setenv("OMNIMM_TEST_KEY", "sk-test")
+    with openai_server() as server:
+        llm = llms.build(
+            {"name": "openai/chat", "base_url": server.url, "model": "tiny", "api_key_env": "OMNIMM_TEST_KEY"}
+        )
+        messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hello"}]
+        assert llm.chat(messages, max_new_tokens=7, temperature=0.5, seed=3) == "reply 1 to: Hello"
+        sent = server.requests[0]
+        assert sent["model"] == "tiny" and sent["messages"] == messages
+        assert (sent["max_tokens"], sent["temperature"], sent["seed"]) == (7, 0.5, 3)
+        assert server.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+def test_openai_chat_retries_then_reports_the_url_and_status():
+    from omnimm import BackendError
+    from tests.openai_server import openai_server
+
+    with openai_server() as server:
+        llm = llms.build({"name": "openai/chat", "base_url": server.url, "model": "m", "max_retries": 2})
+        server.fail_with = [503, 503]
+        assert llm.chat([{"role": "user", "content": "x"}]) == "reply 3 to: x"  # two retries, then success
+        server.fail_with = [400]
+        with pytest.raises(BackendError, match=r"chat/completions: HTTP 400"):
+            llm.chat([{"role": "user", "content": "x"}])
+        server.garbage = True
+        with pytest.raises(BackendError, match="not JSON"):
+            llm.chat([{"role": "user", "content": "x"}])
+    dead = llms.build({"name": "openai/chat", "base_url": server.url, "model": "m", "max_retries": 0, "timeout": 2})
+    with pytest.raises(BackendError, match="cannot reach the server"):
+        dead.chat([{"role": "user", "content": "x"}])
+
+
+def test_openai_chat_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="base_url: expected an http"):
+        llms.validate({"name": "openai/chat", "base_url": "localhost:8000", "model": "m"})
+    with pytest.raises(ConfigError, match="model"):
+        llms.validate({"name": "openai/chat", "base_url": "http://x/v1"})
+
+
+def test_openai_chat_estimates_tokens_without_a_tokenizer():
+    llm = llms.build({"name": "openai/chat", "base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    assert llm.count_tokens("") == 0
+    assert llm.count_tokens("abcdefgh") == 2
+    assert llm.count_tokens("abcdefghi") == 3

@@ -337,7 +337,9 @@ class Registry(Generic[T]):
         if config.name is not None:
             return config.name
         self._load_plugins()
-        matches = [n for n, e in self._entries.items() if not isinstance(e.config, str) and e.config is type(config)]
+        cls = type(config)
+        target = f"{cls.__module__}:{cls.__qualname__}"  # matches lazy entries without importing anything
+        matches = [n for n, e in self._entries.items() if e.config is cls or e.config == target]
         return matches[0] if len(matches) == 1 else None
 
     def __contains__(self, name: object) -> bool:
