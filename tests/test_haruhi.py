@@ -169,6 +169,19 @@ def test_store_finds_what_brute_force_finds_and_round_trips(tmp_path: Path, kind
     assert [[h.id for h in row] for row in loaded.search(queries, k=5)] == [[h.id for h in row] for row in found]
 
 
+def test_single_queries_on_a_flat_index_match_faiss_search_also_after_deletes():
+    vectors = unit(500, 24)
+    store = FaissMemory()
+    ids = store.add(vectors, [f"m{i}" for i in range(500)])
+    store.delete(ids[::3])
+    queries = unit(3, 24, seed=4)
+    few = store.search(queries, k=7)
+    scores, found = store._index.search(queries, 7)  # faiss' own flat search
+    assert [[h.id for h in row] for row in few] == found.tolist()
+    assert np.allclose([[h.score for h in row] for row in few], scores, atol=1e-6)
+    assert len(store.search(queries[:1], k=1000)[0]) == len(store)
+
+
 def test_adding_is_idempotent_and_explicit_ids_must_be_new():
     store = FaissMemory()
     first = store.add(unit(3, 8), ["a", "b", "c"])
