@@ -49,3 +49,16 @@ def test_benchmark_runner_writes_its_table_and_json(tmp_path):
         assert row["ours"] > 0 and row["reference"] > 0
         assert abs(row["ratio"] - row["ours"] / row["reference"]) < 1e-9
     assert "import omnimm vs import torch" in result.stdout
+
+
+def test_every_registered_component_is_documented():
+    from omnimm.registry import all_registries
+
+    docs = "\n".join(path.read_text(encoding="utf-8") for path in (REPO / "docs").rglob("*.md"))
+    missing = [
+        f"{plural}: {name}"
+        for plural, registry in all_registries().items()
+        for name in registry.names()
+        if f"`{name}`" not in docs
+    ]
+    assert not missing, f"components without a docs mention: {missing}"
