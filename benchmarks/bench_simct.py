@@ -88,11 +88,11 @@ def bench_accuracy(encoder: Any = None, label: str = "") -> list[dict[str, Any]]
 
 
 def _pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
-    from omnimm_plugins.simct.stsb import read_split
+    from omnimm.sentence.sts import read_stsb
 
-    rows = [row for split in ("train", "dev", "test") for row in read_split(STSB, split)]
-    pairs = [(r[2], r[3]) for r in rows]
-    sentences = [s for r in rows for s in (r[2], r[3])]
+    rows = [row for split in ("train", "dev", "test") for row in read_stsb(STSB, split)]
+    pairs = [(r.sentence1, r.sentence2) for r in rows]
+    sentences = [s for r in rows for s in (r.sentence1, r.sentence2)]
     rng = random.Random(seed)
     while len(pairs) < count:  # STS-B's own pairs, then random pairings of its sentences
         pairs.append((rng.choice(sentences), rng.choice(sentences)))

@@ -366,10 +366,11 @@ def test_cli_exit_codes_and_reports(cli, trained_lm, greedy_a, tmp_path):
 
 @requires_shared
 def test_stsb_rows_with_extra_fields_and_labels():
-    from omnimm_plugins.simct.stsb import labelled_pairs, read_split
+    from omnimm.sentence.sts import read_stsb
+    from omnimm_plugins.simct.stsb import labelled_pairs
 
-    rows = read_split(SHARED / "data" / "stsb", "train")
-    assert len(rows) == 5749 and all(0 <= r[1] <= 5 for r in rows)
+    rows = read_stsb(SHARED / "data" / "stsb", "train")
+    assert len(rows) == 5749 and all(0 <= r.score <= 5 for r in rows)
     pairs = labelled_pairs(SHARED / "data" / "stsb", "dev")
     assert set(pairs.labels.tolist()) == {0, 1}
     assert all((s >= 4) == bool(label) for s, label in zip(pairs.scores, pairs.labels, strict=True))
