@@ -36,18 +36,30 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: Any) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        if self.config.pooling == "cls":
-            vectors = out.last_hidden_state[:, 0]
-        elif self.config.pooling == "pooler":
-            vectors = out.pooler_output
-        else:
-            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-            vectors = (out.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        vectors = self.pool(out, attention_mask)
         return nn.functional.normalize(vectors, dim=-1) if self.config.normalize else vectors
 
+    def pool(self, output: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per sentence from the transformer's output, by the configured pooling (not normalised)."""
+        if self.config.pooling == "cls":
+            return output.last_hidden_state[:, 0]
+        if self.config.pooling == "pooler":
+            if getattr(output, "pooler_output", None) is None:
+                raise ValueError("pooling 'pooler': this model has no pooler layer; use cls or mean")
+            return output.pooler_output
+        mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+        return (output.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
     @torch.no_grad()
-    def encode(self, sentences: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-        """Embeddings of `sentences`, in order, as float32 numpy."""
+    def encode(
+        self,
+        sentences: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        progress: bool = False,
+        as_tensor: bool = False,
+    ) -> Any:
+        """Embeddings of `sentences`, in order: float32 numpy `[n, dim]`, or a CPU torch tensor with `as_tensor`."""
         was_training = self.training
         self.eval()
         size = batch_size or self.config.batch_size
@@ -66,9 +78,10 @@ class SentenceEncoder(nn.Module):
                 max_length=self.config.max_length,
                 return_tensors="pt",
             ).to(device)
-            chunks.append(self(**tokens).float().cpu().numpy())
+            chunks.append(self(**tokens).float().cpu())
         self.train(was_training)
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.out_dim), dtype=np.float32)
+        result = torch.cat(chunks) if chunks else torch.zeros((0, self.out_dim))
+        return result if as_tensor else result.numpy()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -51,7 +51,7 @@ def set_trainable(model: Any, patterns: Sequence[str]) -> list[str]:
     return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
-class _TrainerView(torch.nn.Module):
+class TrainerView(torch.nn.Module):
     """What HF's Trainer sees: the model minus its pydantic `config`, where Trainer would write HF-only flags."""
 
     accepts_loss_kwargs = True
@@ -67,14 +67,34 @@ class _TrainerView(torch.nn.Module):
 def _inner(model: Any) -> Any:
     """The omnimm model inside Trainer's wrappers (DistributedDataParallel, the view above)."""
     model = getattr(model, "module", model)
-    return model.model if isinstance(model, _TrainerView) else model
+    return model.model if isinstance(model, TrainerView) else model
 
 
-def _stage_trainer_class() -> type:
+def safetensors_trainer_class() -> type:
+    """HF's `Trainer`, saving and resuming any `nn.Module` as `model.safetensors` (no pickled files of ours)."""
     transformers = require("transformers", extra="valley", purpose="training")
     safetensors_torch = require("safetensors.torch", extra="torch", purpose="training checkpoints")
 
-    class StageTrainer(transformers.Trainer):
+    class SafetensorsTrainer(transformers.Trainer):
+        def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
+            # Shared tensors (tied embeddings) are written once; no pickled training_args.bin.
+            folder = Path(output_dir or self.args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            safetensors_torch.save_model(_inner(self.accelerator.unwrap_model(self.model)), str(folder / WEIGHTS_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            target = _inner(self.accelerator.unwrap_model(model if model is not None else self.model))
+            safetensors_torch.load_model(target, str(Path(resume_from_checkpoint) / WEIGHTS_FILE))
+
+        def _load_best_model(self) -> None:
+            # Trainer's own version loads non-strictly into the wrapper: keys would not match and nothing would load.
+            self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+    return SafetensorsTrainer
+
+
+def _stage_trainer_class() -> type:
+    class StageTrainer(safetensors_trainer_class()):  # type: ignore[misc]
         """HF Trainer with per-part learning rates and safetensors checkpoints of any `nn.Module`."""
 
         def __init__(self, *args: Any, stage: StageConfig, **kwargs: Any) -> None:
@@ -87,16 +107,6 @@ def _stage_trainer_class() -> type:
                     _parameter_groups(self.model, self.stage), lr=self.stage.learning_rate, weight_decay=0.0
                 )
             return self.optimizer
-
-        def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
-            # Shared tensors (tied embeddings) are written once; no pickled training_args.bin.
-            folder = Path(output_dir or self.args.output_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            safetensors_torch.save_model(_inner(self.accelerator.unwrap_model(self.model)), str(folder / WEIGHTS_FILE))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-            target = _inner(self.accelerator.unwrap_model(model if model is not None else self.model))
-            safetensors_torch.load_model(target, str(Path(resume_from_checkpoint) / WEIGHTS_FILE))
 
     return StageTrainer
 
@@ -167,7 +177,7 @@ def train_stage(
     log.info("stage %s: %d trainable tensors in %s", stage.name, len(trainable), resolve_parts(model, stage.train))
     dataset = datasets.build(stage.data, processor=model.processor)
     trainer = _stage_trainer_class()(
-        model=_TrainerView(model),
+        model=TrainerView(model),
         args=_arguments(train, stage, output, progress),
         train_dataset=dataset,
         data_collator=model.processor,
