@@ -65,7 +65,10 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="Override the seed.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Override output_dir.")] = None,
 ) -> None:
-    """Train a sentence encoder (SimCSE, word repetition, optionally with the reshaped view); keep the best on STS-B dev."""
+    """Train a sentence encoder (SimCSE or word repetition, optionally with the reshaped view).
+
+    The checkpoint with the best STS-B dev Spearman is kept and exported for sentence-transformers.
+    """
     from omnimm.config import load_config
     from omnimm_plugins.recse.configs import RecseTrainConfig
     from omnimm_plugins.recse.training import train

@@ -90,7 +90,8 @@ class RecseTrainConfig(ComponentConfig):
     model: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
     data: SentenceSource
     output_dir: str
-    """Checkpoints go to `output_dir/checkpoints`, the best model (sentence-transformers format) to `output_dir/best`."""
+    """Checkpoints go to `output_dir/checkpoints`, the best model (sentence-transformers format) to
+    `output_dir/model`."""
     eval_stsb: str | None = None
     """An STS-B folder: evaluate Spearman on its dev split every `eval_steps` and keep the best checkpoint."""
     batch_size: int = Field(64, ge=2)
