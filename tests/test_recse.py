@@ -323,3 +323,10 @@ def test_cli_eval_encode_and_train(cli, tmp_path: Path):
     assert trained.returncode == 0, trained.stderr
     assert f"model: {tmp_path / 'run' / 'model'}" in trained.stdout
     assert (tmp_path / "run" / "model" / "modules.json").is_file()
+
+
+def test_the_packaged_training_config_validates():
+    from omnimm.config import load_config
+
+    config = load_config("recse:unsup", RecseTrainConfig)
+    assert config.model.reshape is not None and config.batch_size == 64 and config.learning_rate == 3e-5
