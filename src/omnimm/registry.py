@@ -430,6 +430,8 @@ def _register_registry(registry: Registry[Any]) -> None:
 
 def get_registry(plural: str) -> Registry[Any]:
     """A registry by its plural name (`"encoders"`), including registries that plugins created."""
+    if plural not in _REGISTRIES:
+        Registry._load_plugins()  # plugins create their registries when they load
     try:
         return _REGISTRIES[plural]
     except KeyError:
@@ -444,7 +446,8 @@ def get_registry(plural: str) -> Registry[Any]:
 
 
 def all_registries() -> dict[str, Registry[Any]]:
-    """Every registry by plural name, in creation order."""
+    """Every registry by plural name, in creation order (plugins' registries included)."""
+    Registry._load_plugins()
     return dict(_REGISTRIES)
 
 
