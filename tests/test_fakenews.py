@@ -226,3 +226,19 @@ def test_sweep_cli_writes_the_table_and_the_plots(cli, tmp_path: Path):
     assert (
         rejected.returncode != 0 and "machine_fake_shares.1: expected a fraction in [0, 1], got 1.5" in rejected.stderr
     )
+
+
+def test_the_packaged_sweep_config_validates():
+    from omnimm.config import load_config
+    from omnimm_plugins.fakenews.configs import SweepConfig
+
+    config = load_config("fakenews:politifact", SweepConfig)
+    assert (
+        len(config.phases) == 3
+        and config.machine_fake_shares[0] == 0.0
+        and set(config.detectors)
+        == {
+            "embedding-logistic",
+            "embedding-lightgbm",
+        }
+    )

@@ -28,9 +28,10 @@ def sweep_command(
         loaded = loaded.model_copy(update={"output_dir": str(output_dir)})
     result = run_sweep(loaded, log=lambda text: console.print(text, markup=False))
     for detector, transfer in result["summary"]["transfer"].items():
+        human, machine = transfer["human_trained_on_machine_items"], transfer["machine_trained_on_human_items"]
         console.print(
-            f"{detector}: trained on human items, accuracy on machine items {transfer['human_trained_on_machine_items']:.3f}; "
-            f"trained on machine items, on human items {transfer['machine_trained_on_human_items']:.3f}",
+            f"{detector}: trained on human items, accuracy on machine items {human:.3f}; "
+            f"trained on machine items, on human items {machine:.3f}",
             markup=False,
         )
     console.print(f"wrote {Path(loaded.output_dir) / RESULTS} and the plots beside it", markup=False)
