@@ -88,9 +88,9 @@ class EmbeddingCache:
         if not self._dirty:
             return
         safetensors_numpy = require("safetensors.numpy", extra="torch", purpose="the embedding cache")
+        # rows are numbered in insertion order, so keys and vectors line up as stored
         keys = np.frombuffer(b"".join(self._rows), dtype=np.uint8).reshape(len(self._rows), 16)
-        order = np.asarray(list(self._rows.values()), dtype=np.int64)
-        vectors = np.stack(self._vectors)[order] if self._vectors else np.zeros((0, 0), np.float32)
+        vectors = np.stack(self._vectors) if self._vectors else np.zeros((0, 0), np.float32)
         data = safetensors_numpy.save(
             {"keys": keys, "vectors": np.ascontiguousarray(vectors)}, metadata={"model": json.dumps(self.model)}
         )

@@ -11,6 +11,7 @@ The encoder is anything with `encode(sentences) -> [n, dim]`; each distinct sent
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,10 +40,9 @@ def sts_correlations(encoder: Any, pairs: Sequence[STSPair], *, batch_size: int 
 
 
 def _encode(encoder: Any, sentences: list[str], batch_size: int) -> Any:
-    try:
+    if "batch_size" in inspect.signature(encoder.encode).parameters:
         return encoder.encode(sentences, batch_size=batch_size)
-    except TypeError:  # an encoder whose encode() takes only the sentences
-        return encoder.encode(sentences)
+    return encoder.encode(sentences)  # an encoder whose encode() takes only the sentences
 
 
 class STSBEvaluator:
