@@ -155,9 +155,10 @@ def chat_command(
     role: Annotated[str | None, typer.Option(help="The name you speak as (e.g. JULIET).")] = None,
 ) -> None:
     """Chat with a character. One line per turn; /reset clears the history, /exit (or end of input) quits."""
-    from omnimm_plugins.haruhi.session import RolePlaySession, read_session
+    from omnimm_plugins.haruhi.session import RolePlaySession, read_session, saved_history
 
-    values = _session_values(character, config, session)
+    saved = read_session(session) if session is not None and session.exists() else None
+    values = _session_values(character, config, saved)
     llm_config = _llm_choice(llm, endpoint, model, smollm2, no_llm)
     if llm_config is not None:
         values["llm"] = llm_config
@@ -166,21 +167,17 @@ def chat_command(
     if role is not None:
         values["user_role"] = role
     chat = RolePlaySession.from_config(values)
-    if session is not None and session.exists():
-        from omnimm_plugins.haruhi.prompt import Exchange
-
-        chat.history = [Exchange(h["user"], h["reply"]) for h in read_session(session)["history"]]
+    if saved is not None:
+        chat.history = saved_history(saved)
     _repl(chat, show_prompt=show_prompt or chat.llm is None, session=session)
 
 
-def _session_values(character: Path | None, config: Path | None, session: Path | None) -> dict[str, Any]:
+def _session_values(character: Path | None, config: Path | None, saved: dict[str, Any] | None) -> dict[str, Any]:
     from omnimm.config import read_config_file
 
     values: dict[str, Any] = {}
-    if session is not None and session.exists():
-        from omnimm_plugins.haruhi.session import read_session
-
-        values = dict(read_session(session)["config"])
+    if saved is not None:
+        values = dict(saved["config"])
     elif config is not None:
         data, _ = read_config_file(config)
         if not isinstance(data, dict):

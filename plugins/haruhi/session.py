@@ -149,7 +149,7 @@ class RolePlaySession:
         """Rebuild a saved session (config + history); `parts` (llm, encoder, count_tokens) override the config's."""
         data = read_session(path)
         session = cls.from_config(data["config"], **parts)
-        session.history = [Exchange(h["user"], h["reply"]) for h in data["history"]]
+        session.history = saved_history(data)
         return session
 
 
@@ -167,6 +167,11 @@ def read_session(path: str | os.PathLike[str]) -> dict[str, Any]:
     ):
         raise ValueError(f"{source}: history: expected a list of {{user, reply}} strings")
     return data
+
+
+def saved_history(data: dict[str, Any]) -> list[Exchange]:
+    """The exchanges of a session file read by `read_session`."""
+    return [Exchange(h["user"], h["reply"]) for h in data["history"]]
 
 
 def _build_llm(config: ComponentConfig | None) -> Any:
