@@ -76,24 +76,27 @@ def bench_prefill(quick: bool) -> list[dict[str, Any]]:
 
 
 def bench_pool_bandwidth(quick: bool) -> list[dict[str, Any]]:
-    from omnimm import adapters
+    from omnimm import connectors
+    from omnimm.videollm.groups import TokenGroup
 
     batch, frames, dim = (2, 8, 512) if quick else (8, 16, 1024)
-    tokens = torch.randn(batch, frames, PATCHES + 1, dim)
-    copy_target = torch.empty_like(tokens)
-    size = tokens.numel() * tokens.element_size()
-    copy_seconds = _median_seconds(lambda: copy_target.copy_(tokens), 10)
+    patches = torch.randn(batch, frames, PATCHES, dim)  # the patch group an encoder gives (the CLS group apart)
+    copy_target = torch.empty_like(patches)
+    size = patches.numel() * patches.element_size()
+    copy_seconds = _median_seconds(lambda: copy_target.copy_(patches), 10)
     copy_bandwidth = 2 * size / copy_seconds  # read + write
+    inputs = {"vision.cls": TokenGroup(1, dim), "vision.patches": TokenGroup(PATCHES, dim)}
     rows = []
     for variant in ("v1", "v2"):
-        pool = adapters.build({"name": "valley/stpool", "variant": variant}, dim=dim, num_patches=PATCHES).eval()
+        config = {"name": "valley/stpool", "variant": variant, "project_first": False}
+        pool = connectors.build(config, inputs=inputs, out_dim=dim).pool.eval()  # the pooling alone
         with torch.no_grad():
-            seconds = _median_seconds(lambda p=pool: p(tokens), 10)
-            out = pool(tokens)
+            seconds = _median_seconds(lambda p=pool: p(patches), 10)
+            out = pool(patches)
         moved = size + out.numel() * out.element_size()  # every input byte read once, the output written once
         rows.append(
             {
-                "benchmark": f"stpool {variant}, [{batch}, {frames}, {PATCHES + 1}, {dim}] fp32, {size / 1e6:.0f} MB",
+                "benchmark": f"stpool {variant}, patches {[batch, frames, PATCHES, dim]} fp32, {size / 1e6:.0f} MB",
                 "ours_label": f"valley/stpool {variant} (bytes moved / time)",
                 "reference_label": "tensor copy of the same input (read + write)",
                 "ours": moved / seconds / 1e9,

@@ -163,8 +163,7 @@ def video_llm_config(tokenizer: Path, **overrides: object) -> dict:
     config = {
         "name": "omnimm/video-llm",
         "encoders": {"vision": {"name": "omnimm/tiny-vit", "image_size": 32, "patch_size": 8, "dim": 32, "heads": 2}},
-        "adapter": {"name": "valley/stpool"},
-        "projector": {"name": "omnimm/mlp"},
+        "connector": {"name": "valley/stpool", "projector": {"name": "omnimm/mlp"}},
         "llm": {
             "name": "hf/causal-lm",
             "config": {

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from omnimm import ConfigError, llms
+from omnimm.errors import MissingDependencyError
+from omnimm.llm import attention
 from omnimm.llm.attention import mask_to_bias, resolve_attention
 from omnimm.llm.templates import CHATML, LLAVA_V0, PLAIN, Segment, normalise_role
 from omnimm.llm.tokenizer import byte_tokenizer, train_word_tokenizer
@@ -82,10 +84,21 @@ def test_xformers_attention_runs_everywhere_and_matches_sdpa_on_cpu():
     assert torch.allclose(a[:, 3:], b[:, 3:], atol=1e-5)
 
 
-def test_auto_attention_is_sdpa_without_cuda():
-    expected = "xformers" if torch.cuda.is_available() else "sdpa"
-    assert resolve_attention("auto") in (expected, "sdpa")
+def test_auto_attention_is_sdpa_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_attention("auto") == "sdpa"
+    assert resolve_attention("xformers") == "xformers"  # runs SDPA on CPU tensors
     assert resolve_attention("eager") == "eager"
+
+
+def test_auto_attention_on_cuda_is_xformers_when_installed(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention, "is_available", lambda module: module == "xformers")
+    assert resolve_attention("auto") == "xformers"
+    monkeypatch.setattr(attention, "is_available", lambda module: False)
+    assert resolve_attention("auto") == "sdpa"
+    with pytest.raises(MissingDependencyError, match=r"omnimm\[gpu\]"):
+        resolve_attention("xformers")
 
 
 def test_mask_to_bias_is_aligned_and_finite():

@@ -65,37 +65,42 @@ def one_step_grads(model, patterns, data_config):
     return {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
+def part_of(name: str) -> str:
+    """The part a parameter belongs to, as stages name it (`connector.pool`, `llm`, `encoders.vision`)."""
+    head, _, rest = name.partition(".")
+    return f"{head}.{rest.split('.')[0]}" if head in ("connector", "encoders") else head
+
+
 @pytest.mark.parametrize(
     ("patterns", "expected_parts"),
     [
-        (["projector"], {"projector"}),
-        (["projector", "llm"], {"projector", "llm"}),
-        (["adapter", "projector"], {"adapter", "projector"}),
-        (["encoders"], {"encoders"}),
+        (["connector.projector"], {"connector.projector"}),
+        (["connector", "llm"], {"connector.projector", "connector.pool", "llm"}),
+        (["connector.pool"], {"connector.pool"}),
+        (["encoders"], {"encoders.vision"}),
     ],
 )
 def test_gradients_reach_exactly_the_parts_a_stage_trains(word_tokenizer, video_data, patterns, expected_parts):
     torch.manual_seed(0)
-    config = video_llm_config(word_tokenizer, adapter={"name": "valley/stpool", "variant": "v2"})
+    config = video_llm_config(word_tokenizer, connector={"name": "valley/stpool", "variant": "v2"})
     model = models.build(config)
     with_grad = one_step_grads(model, patterns, video_data)
     for name, parameter in model.named_parameters():
-        part = name.split(".")[0]
-        if part in expected_parts:
+        if part_of(name) in expected_parts:
             assert parameter.requires_grad, name
         else:
             assert not parameter.requires_grad and parameter.grad is None, name
-    assert {name.split(".")[0] for name in with_grad} == expected_parts  # every trained part really learns
+    assert {part_of(name) for name in with_grad} == expected_parts  # every trained part really learns
 
 
 def test_with_lora_only_the_adapters_of_the_llm_learn(word_tokenizer, image_data):
     torch.manual_seed(0)
     model = models.build(video_llm_config(word_tokenizer))
     model.add_lora(rank=2, target_modules=["q_proj", "v_proj"])
-    with_grad = one_step_grads(model, ["projector", "llm"], image_data)
+    with_grad = one_step_grads(model, ["connector", "llm"], image_data)
     llm_grads = {n for n in with_grad if n.startswith("llm.")}
     assert llm_grads and all("lora_" in n for n in llm_grads)
-    assert any(n.startswith("projector.") for n in with_grad)
+    assert any(n.startswith("connector.projector.") for n in with_grad)
     base = [p for n, p in model.llm.named_parameters() if "lora_" not in n]
     assert not any(p.requires_grad for p in base)
     model.merge_lora()
@@ -105,16 +110,16 @@ def test_with_lora_only_the_adapters_of_the_llm_learn(word_tokenizer, image_data
 
 def test_part_learning_rates_make_optimizer_groups(word_tokenizer, image_data):
     model = models.build(video_llm_config(word_tokenizer))
-    set_trainable(model, ["projector", "llm"])
+    set_trainable(model, ["connector", "llm"])
     stage = StageConfig(
         name="s",
-        train=["projector", "llm"],
+        train=["connector", "llm"],
         data=image_data,
         learning_rate=1e-4,
-        part_learning_rates={"projector": 1e-2},
+        part_learning_rates={"connector.projector": 1e-2},
     )
     groups = {group["lr"]: sum(p.numel() for p in group["params"]) for group in _parameter_groups(model, stage)}
-    assert groups[1e-2] == sum(p.numel() for p in model.projector.parameters())
+    assert groups[1e-2] == sum(p.numel() for p in model.connector.projector.parameters())
     assert groups[1e-4] == sum(p.numel() for p in model.llm.parameters())
 
 
@@ -126,7 +131,7 @@ def run_config(word_tokenizer, data, output, **stage):
             "stages": [
                 {
                     "name": "stage1",
-                    "train": ["projector", "llm"],
+                    "train": ["connector", "llm"],
                     "data": data,
                     "learning_rate": 1e-2,
                     "batch_size": 4,
@@ -142,7 +147,7 @@ def run_config(word_tokenizer, data, output, **stage):
 
 
 def test_stage_parts_are_checked_against_the_model(word_tokenizer, image_data, tmp_path):
-    config = run_config(word_tokenizer, image_data, tmp_path, train=["projector", "lm"])
+    config = run_config(word_tokenizer, image_data, tmp_path, train=["connector", "lm"])
     with pytest.raises(ConfigError, match=r"train\.stages\[0\]\.train\[1\]: 'lm' matches no part"):
         RunConfig.from_dict(config)
 
@@ -196,12 +201,17 @@ def test_two_process_data_parallel_matches_one_process(word_tokenizer, image_dat
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         runs[label] = load_file(tmp_path / label / "stage1" / "final" / "model.safetensors")
+    torch.manual_seed(0)  # the run's seed: the initial weights both runs started from
     initial = models.build(video_llm_config(word_tokenizer)).state_dict()
-    moved = 0
+    assert set(runs["single"]) <= set(initial)
     for name, single in runs["single"].items():
-        assert torch.allclose(single, runs["ddp"][name], atol=1e-5), name
-        moved += not torch.equal(single, initial[name]) if name in initial else 0
-    assert moved > 0  # training changed the weights, identically in both setups
+        # Two Adam steps of lr 1e-2 move weights by up to 2e-2; float32 sums in another order differ by ~1e-5 after
+        # Adam's normalisation (measured max 1.3e-5), so 1e-4 is far above the noise and far below any real change.
+        difference = float((single - runs["ddp"][name]).abs().max())
+        assert difference < 1e-4, f"{name}: single and two-process weights differ by {difference:.2e}"
+        trained = name.startswith(("connector.", "llm."))
+        # Training moved exactly the trained weights, identically in both setups; the frozen encoder stayed put.
+        assert trained != torch.equal(single, initial[name]), name
 
 
 def test_no_train_section():

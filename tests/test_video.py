@@ -24,7 +24,7 @@ def grey_levels(clip) -> list[int]:
 
 
 def test_uniform_indices_include_both_ends():
-    assert uniform_indices(12, 4) == [0, 4, 7, 11]
+    assert uniform_indices(12, 4) == [0, 3, 7, 11]  # linspace(0, 11, 4) = 0, 3.67, 7.33, 11, rounded down as Valley
     assert uniform_indices(5, 5) == [0, 1, 2, 3, 4]
     assert uniform_indices(0, 4) == []
 
@@ -32,7 +32,7 @@ def test_uniform_indices_include_both_ends():
 def test_uniform_sampling_returns_the_right_frames(video):
     clip = read_video(video, num_frames=4)
     assert clip.frames.shape == (4, 48, 48, 3) and clip.frames.dtype == np.uint8
-    assert clip.indices == [0, 4, 7, 11]
+    assert clip.indices == [0, 3, 7, 11]
     assert grey_levels(clip) == clip.indices  # the decoded pixels are those frames
     assert clip.timestamps == pytest.approx([i / 6 for i in clip.indices], abs=1e-3)  # Matroska: 1 ms ticks
     assert (clip.fps, clip.total_frames) == (6.0, 12)
@@ -41,7 +41,7 @@ def test_uniform_sampling_returns_the_right_frames(video):
 def test_rate_sampling_and_its_cap(video):
     clip = read_video(video, fps=2)
     assert clip.indices == [0, 3, 6, 9]
-    assert read_video(video, fps=6, max_frames=3).indices == [0, 6, 11]
+    assert read_video(video, fps=6, max_frames=3).indices == [0, 5, 11]
 
 
 def test_every_frame_when_no_rule_is_given(video):
@@ -49,9 +49,11 @@ def test_every_frame_when_no_rule_is_given(video):
     assert clip.indices == list(range(12)) and grey_levels(clip) == list(range(12))
 
 
-def test_more_samples_than_frames_repeat_the_last_frame(video):
+def test_more_samples_than_frames_repeat_frames_and_say_so(video):
     clip = read_video(video, num_frames=20)
     assert clip.num_frames == 20 and clip.indices[-1] == 11
+    assert len(clip.repeated) == 20 - 12 and all(clip.indices[i] == clip.indices[i - 1] for i in clip.repeated)
+    assert read_video(video, num_frames=12).repeated == []
 
 
 def test_bad_arguments():

@@ -74,11 +74,11 @@ def test_forward_backward_and_masked_scatter(model, clip_file):
     out = model(**batch)
     assert out["logits"].shape[:2] == batch["input_ids"].shape and out["loss"].requires_grad
     out["loss"].backward()
-    assert model.projector.layers[0].weight.grad.abs().sum() > 0
-    embeds = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
-    features = model.visual_features(batch["pixel_values"])
+    assert model.connector.projector.layers[0].weight.grad.abs().sum() > 0
+    embeds, _ = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
+    features, _, _ = model.connect(batch["pixel_values"])
     placeholders = batch["input_ids"][0] == model.visual_token_id
-    assert torch.equal(embeds[0][placeholders], features[0])  # the visual tokens sit exactly at the placeholders
+    assert torch.equal(embeds[0][placeholders], features[0]["video"])  # the visual tokens sit at the placeholders
 
 
 def test_a_count_mismatch_is_a_clear_error(model, clip_file):
@@ -86,7 +86,9 @@ def test_a_count_mismatch_is_a_clear_error(model, clip_file):
     example = processor.encode([("user", "what?"), ("assistant", "red")], processor.read(clip_file))
     batch = processor.collate([example])
     batch["pixel_values"]["vision"] = [batch["pixel_values"]["vision"][0][:2]]  # 2 frames: 18 tokens, not 20
-    with pytest.raises(ValueError, match="batch row 0 has 20 <video> placeholder tokens but its video gives 18"):
+    with pytest.raises(
+        ValueError, match="batch row 0 has 20 placeholder tokens for visual group 'video' but its video gives 18"
+    ):
         model(**batch)
 
 
@@ -126,7 +128,9 @@ def test_generate_and_answer(model, clip_file):
 def test_save_and_reload_give_identical_outputs(word_tokenizer, clip_file, tmp_path):
     torch.manual_seed(0)
     model = models.build(
-        video_llm_config(word_tokenizer, standardize=True, adapter={"name": "valley/stpool", "variant": "v3"})
+        video_llm_config(
+            word_tokenizer, standardize=True, connector={"name": "valley/stpool", "variant": "v3", "heads": 2}
+        )
     )
     processor = model.processor
     batch = processor.collate([processor.encode([("user", "what?"), ("assistant", "red")], processor.read(clip_file))])
@@ -151,8 +155,8 @@ def test_from_pretrained_on_a_wrong_folder(tmp_path):
 
 
 def test_config_checks(word_tokenizer):
-    with pytest.raises(ConfigError, match=r"freeze\[0\]: 'projecter' matches no part"):
-        models.validate(video_llm_config(word_tokenizer, freeze=["projecter"]))
+    with pytest.raises(ConfigError, match=r"freeze\[0\]: 'connecter' matches no part"):
+        models.validate(video_llm_config(word_tokenizer, freeze=["connecter"]))
     with pytest.raises(ConfigError, match=r"template: .*unknown template 'valey/v0' \(did you mean 'valley/v0'"):
         models.validate(video_llm_config(word_tokenizer, template="valey/v0"))
     with pytest.raises(ConfigError, match=r"frames.fps: give num_frames or fps, not both"):
@@ -160,9 +164,16 @@ def test_config_checks(word_tokenizer):
 
 
 def test_frozen_parts_and_parts_names(model):
-    assert list(model.parts()) == ["encoders", "encoders.vision", "adapter", "projector", "llm"]
+    assert list(model.parts()) == [
+        "encoders",
+        "encoders.vision",
+        "connector",
+        "connector.projector",
+        "connector.pool",
+        "llm",
+    ]
     assert not any(p.requires_grad for p in model.encoders.parameters())
-    assert all(p.requires_grad for p in model.projector.parameters())
+    assert all(p.requires_grad for p in model.connector.parameters())
 
 
 def conversations(tmp_path, records):
@@ -187,7 +198,7 @@ def test_conversation_dataset_skips_unreadable_videos(model, tmp_path, caplog):
         items = [data[i] for i in range(len(data))]
     assert all(item.clip.source.endswith("good.mkv") for item in items)
     assert sorted(p.split("/")[-1] for p in data.skipped) == ["broken.mp4", "missing.mp4"]
-    assert len([r for r in caplog.records if "skipping unreadable media" in r.message]) == 1  # warned once
+    assert len([r for r in caplog.records if r.message.startswith("skipping ")]) == 1  # warned once
 
 
 def test_conversation_dataset_with_no_readable_video_stops(model, tmp_path):
@@ -197,7 +208,7 @@ def test_conversation_dataset_with_no_readable_video_stops(model, tmp_path):
     data = datasets.build(
         conversations(tmp_path, [{"video": "nope.mp4", "conversations": turn}]), processor=model.processor
     )
-    with pytest.raises(MediaError, match="no readable media"):
+    with pytest.raises(MediaError, match="no usable item"):
         data[0]
 
 
@@ -213,3 +224,103 @@ def test_malformed_records_are_reported_with_their_index(model, tmp_path):
         datasets.build(conversations(tmp_path, records), processor=model.processor)
     paths = [issue.path for issue in caught.value.issues]
     assert paths == ["[1].conversations[0]", "[1].conversations", "[2]"]
+
+
+def test_text_only_and_video_samples_share_a_batch(model, clip_file):
+    processor = model.processor
+    video = processor.encode([("user", "what colour is it?"), ("assistant", "red")], processor.read(clip_file))
+    text = processor.encode([("user", "describe the video."), ("assistant", "a clip")])
+    batch = processor.collate([text, video, text])
+    assert [len(v) for v in batch["pixel_values"].values()] == [1]
+    out = model(**batch)
+    assert torch.isfinite(out["loss"])
+    alone = model(**processor.collate([video]))  # the video row gets the same visual tokens as on its own
+    row = batch["input_ids"][1] == model.visual_token_id
+    embeds, _ = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
+    single, _ = model.inputs_embeds(processor.collate([video])["input_ids"], processor.collate([video])["pixel_values"])
+    assert torch.allclose(embeds[1][row], single[0][row[: single.shape[1]]])
+    assert torch.isfinite(alone["loss"])
+
+
+def test_placeholders_in_an_assistant_turn_carry_no_label(model, clip_file):
+    processor = model.processor
+    example = processor.encode(
+        [("user", "what colour is it?"), ("assistant", "it is red <video>")], processor.read(clip_file)
+    )
+    visual = [i for i, token in enumerate(example.input_ids) if token == model.visual_token_id]
+    assert len(visual) == model.num_visual_tokens(4)
+    assert all(example.labels[i] == IGNORE_INDEX for i in visual)
+    assert any(label != IGNORE_INDEX for label in example.labels)  # the answer's words still count
+
+
+def test_long_examples_are_cut_with_a_count_and_too_long_ones_skipped(word_tokenizer, tmp_path, caplog):
+    from omnimm.registry import datasets
+    from omnimm.videollm.processor import TooLongError
+
+    write_test_video(tmp_path / "clip.mkv", frames=10)
+    torch.manual_seed(0)
+    model = models.build(video_llm_config(word_tokenizer, max_length=70))
+    processor = model.processor
+    assert processor.max_length == 70 and models.build(video_llm_config(word_tokenizer)).max_length == 2048
+    clip = processor.read(tmp_path / "clip.mkv")
+    long_answer = " ".join(["red blue"] * 20)
+    example = processor.encode([("user", "what?"), ("assistant", long_answer)], clip)
+    assert len(example.input_ids) == 70 and example.cut > 0
+    with pytest.raises(TooLongError, match="more than max_length"):
+        processor.encode([("user", long_answer)], clip, for_generation=True)
+    processor.max_length = 40  # now the visual tokens themselves (positions 35-54) do not fit
+    with pytest.raises(TooLongError, match="visual tokens end at 54"):
+        processor.encode([("user", "what?"), ("assistant", "red")], clip)
+    processor.max_length = 70
+    turn = lambda answer: [{"from": "human", "value": "what?"}, {"from": "gpt", "value": answer}]  # noqa: E731
+    records = [
+        {"video": "clip.mkv", "conversations": turn(long_answer)},
+        {"video": "clip.mkv", "conversations": turn("red")},
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    data = datasets.build({"name": "omnimm/conversations", "path": str(tmp_path / "data.json")}, processor=processor)
+    with caplog.at_level("WARNING", logger="omnimm.data"):
+        [data[i] for i in range(len(data))]
+    assert list(data.truncated) == [0]
+    assert any("cut by" in r.message for r in caplog.records)
+    assert any("cut to max_length 70" in line for line in data.report())
+
+
+def test_a_video_shorter_than_the_frames_asked_for_is_reported(model, tmp_path, caplog):
+    from omnimm.registry import datasets
+
+    short = write_test_video(tmp_path / "short.mkv", frames=2)
+    clip = model.processor.read(short)
+    assert clip.indices == [0, 0, 0, 1] and clip.repeated == [1, 2]
+    turn = [{"from": "human", "value": "what?"}, {"from": "gpt", "value": "red"}]
+    (tmp_path / "data.json").write_text(json.dumps([{"video": "short.mkv", "conversations": turn}]))
+    data = datasets.build(
+        {"name": "omnimm/conversations", "path": str(tmp_path / "data.json")}, processor=model.processor
+    )
+    with caplog.at_level("WARNING", logger="omnimm.data"):
+        data[0]
+    assert data.short_clips == {str(short): 2}
+    assert any("2 of 4 sampled frames repeat" in r.message for r in caplog.records)
+
+
+def test_lora_adapters_saved_unmerged_come_back(model, clip_file, tmp_path):
+    processor = model.processor
+    batch = processor.collate([processor.encode([("user", "what?"), ("assistant", "red")], processor.read(clip_file))])
+    model.add_lora(rank=2, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # adapters that change the output
+    model.eval()
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert model.has_lora  # saving did not merge the adapters away
+    saved = json.loads((folder / "config.json").read_text())["omnimm"]
+    assert saved["lora"]["rank"] == 2 and saved["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    reloaded = VideoLLM.from_pretrained(folder).eval()
+    assert reloaded.has_lora
+    with torch.no_grad():
+        assert torch.allclose(model(**batch)["logits"], reloaded(**batch)["logits"], atol=1e-6)
+    model.merge_lora()
+    assert model.config.lora is None
+    with torch.no_grad():
+        assert torch.allclose(model(**batch)["logits"], reloaded(**batch)["logits"], atol=1e-5)

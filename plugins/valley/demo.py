@@ -40,7 +40,7 @@ def demo_config(workdir: Path, run: str, *, temporal_tokens: bool = True, quick:
     """The demo's run config with its folders filled in (`${workdir}`, `${run}`)."""
     text = CONFIG.read_text().replace("${workdir}", str(workdir)).replace("${run}", run)
     data: dict[str, Any] = yaml.safe_load(text)
-    data["model"]["adapter"]["temporal_tokens"] = temporal_tokens
+    data["model"]["connector"]["temporal_tokens"] = temporal_tokens
     if quick:  # a smoke run: a fraction of the data and of the epochs
         for stage in data["train"]["stages"]:
             stage["epochs"] = 1
@@ -86,7 +86,8 @@ def run_demo(
         result.seconds[f"train {label}"] = time.perf_counter() - begin
         result.visual_tokens[label] = model.num_visual_tokens(model.config.frames.num_frames or 8)
         begin = time.perf_counter()
-        result.accuracy[label] = evaluate(model, workdir / "shapes", limit=40 if quick else None)
+        output = Path(run.train.output_dir) / "eval"
+        result.accuracy[label] = evaluate(model, workdir / "shapes", limit=40 if quick else None, output=output)
         result.seconds[f"evaluate {label}"] = time.perf_counter() - begin
         if label == "valley":
             clip = load_clips(workdir / "shapes", "test")[0]

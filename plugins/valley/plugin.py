@@ -12,10 +12,10 @@ _PACKAGE = "omnimm_plugins.valley"
 
 @hookimpl
 def omnimm_register(registries: Registries) -> None:
-    registries.adapters.register_lazy(
+    registries.connectors.register_lazy(
         "valley/stpool", f"{_PACKAGE}.pooling:SpatioTemporalPool", config=f"{_PACKAGE}.configs:STPoolConfig"
     )
-    registries.adapters.register_lazy(
+    registries.connectors.register_lazy(
         "valley/vcgpt-pool", f"{_PACKAGE}.pooling:VideoChatGPTPool", config=f"{_PACKAGE}.configs:VCGPTPoolConfig"
     )
     registries.templates.register_lazy(

@@ -164,40 +164,49 @@ class ShapesDataset(MediaDataset):
         clip = self.clips[index // len(self.kinds)]
         kind = self.kinds[index % len(self.kinds)]
         turns: list[tuple[str, str]] = [("user", QUESTIONS[kind]), ("assistant", clip.answer(kind))]
-        if index % 4 == 3:  # multi-turn: a follow-up about another attribute
+        if self.config.followups and index % 4 == 3:  # multi-turn: a follow-up about another attribute
             other = self.kinds[(index + 1) % len(self.kinds)]
             turns += [("user", QUESTIONS[other]), ("assistant", clip.answer(other))]
         return str(self.root / clip.file), turns
 
+    def meta(self, index: int) -> dict[str, Any]:
+        if self.config.task == "caption":
+            return {"id": self.clips[index].id}
+        clip = self.clips[index // len(self.kinds)]
+        kind = self.kinds[index % len(self.kinds)]
+        return {"id": f"{clip.id}-{kind}", "kind": kind, "choices": CHOICES[kind]}
+
+
+def evaluation_data(root: str | Path, *, split: str = "test", limit: int | None = None) -> dict[str, Any]:
+    """The dataset config that asks every question about every clip of `split` once (for `omnimm eval`)."""
+    config: dict[str, Any] = {"name": "valley/shapes", "root": str(root), "split": split, "task": "qa"}
+    return {**config, "followups": False, **({"limit": limit} if limit else {})}
+
 
 def evaluate(
-    model: Any, root: str | Path, *, split: str = "test", batch_size: int = 32, limit: int | None = None
+    model: Any,
+    root: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    limit: int | None = None,
+    output: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Ask every question about every clip of `split`; accuracy per question type and its chance level."""
-    import torch
+    """Ask every question about every clip of `split` (through `omnimm eval`'s machinery, with
+    `omnimm/choice-accuracy`); accuracy per question type, its chance level and the unparsed replies."""
+    from omnimm.registry import datasets, evaluators
+    from omnimm.videollm.evaluate import evaluate as evaluate_answers
 
-    clips = load_clips(root, split)[:limit]
-    processor = model.processor
-    correct = {kind: 0 for kind in QUESTIONS}
-    model.eval()
-    requests = [(clip, kind) for clip in clips for kind in QUESTIONS]
-    with torch.no_grad():
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            examples = [
-                processor.encode(
-                    [("user", QUESTIONS[kind])], processor.read(Path(root) / clip.file), for_generation=True
-                )
-                for clip, kind in chunk
-            ]
-            batch = processor.collate(examples, padding_side="left")
-            batch.pop("labels")
-            generated = model.generate(**batch, max_new_tokens=4)
-            for (clip, kind), ids in zip(chunk, generated, strict=True):
-                reply = model.decode(ids).replace(".", " ").split()
-                correct[kind] += int(bool(reply) and reply[0] == clip.answer(kind))
-    total = max(len(clips), 1)
-    return {
-        kind: {"accuracy": correct[kind] / total, "chance": 1 / len(CHOICES[kind]), "n": len(clips)}
-        for kind in QUESTIONS
-    }
+    data = datasets.build(evaluation_data(root, split=split, limit=limit), processor=model.processor)
+    scorer = evaluators.build({"name": "omnimm/choice-accuracy", "group_by": "kind"})
+    result = evaluate_answers(
+        model,
+        data,
+        {"omnimm/choice-accuracy": scorer},
+        output=output,
+        batch_size=batch_size,
+        max_new_tokens=4,
+        progress=False,
+    )
+    groups = result.metrics["omnimm/choice-accuracy"]["groups"]
+    return {kind: groups[kind] for kind in QUESTIONS if kind in groups}

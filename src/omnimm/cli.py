@@ -148,6 +148,14 @@ def list_command(
 def config_validate(
     files: Annotated[list[Path], typer.Argument(help="YAML or JSON config files.")],
     kind: KindOption = None,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build",
+            help="Also build the model on the meta device (no memory, no weights loaded) to catch configs that "
+            "validate but cannot be built: widths that do not divide, unknown model types, missing folders.",
+        ),
+    ] = False,
 ) -> None:
     """Check config files: every problem with its field path, file line and a close-match suggestion."""
     from omnimm.config import load_config
@@ -157,13 +165,59 @@ def config_validate(
     for file in files:
         try:
             config = load_config(file, into=kind)
-        except (ConfigError, FileNotFoundError) as error:
+        except (ConfigError, FileNotFoundError, UnicodeDecodeError) as error:
             stderr.print(str(error), markup=False)
             failed += 1
             continue
-        stdout.print(f"ok: {file} ({_describe_config(config)})", markup=False)
+        if build:
+            problem = _meta_build_problem(config, kind)
+            if problem is not None:
+                stderr.print(f"{file}: validates, but {problem}", markup=False)
+                failed += 1
+                continue
+        built = " and builds" if build else ""
+        stdout.print(f"ok: {file} ({_describe_config(config)}){built}", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _meta_build_problem(config: Any, kind: str | None) -> str | None:
+    """Build a config's component on the meta device; return what went wrong, or None."""
+    from omnimm.errors import BuildError
+    from omnimm.registry import get_registry, models
+    from omnimm.run import RunConfig
+
+    if isinstance(config, RunConfig):
+        registry, component, where = models, config.model, "model"
+    else:
+        registry = get_registry(kind) if kind else _owner_registry(config)
+        component, where = config, registry.kind
+    try:
+        import torch
+    except ImportError:
+        return 'torch is not installed, so it cannot be built (pip install "omnimm[torch]")'
+    try:
+        with torch.device("meta"):
+            registry.build(component.without_weights())
+    except BuildError as error:
+        return f"{where}.{error.where} cannot be built: {error.reason}"
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError) as error:
+        return f"{where} cannot be built: {_one_line(error)}"
+    return None
+
+
+def _owner_registry(config: Any) -> Any:
+    from omnimm.registry import all_registries
+
+    return next(r for r in all_registries().values() if getattr(config, "name", None) in r)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError):
+        text = f"missing key {text}"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) < 400 else first[:400] + "..."
 
 
 def _describe_config(config: Any) -> str:
@@ -239,8 +293,34 @@ def build_command(
         stdout.print(
             f"total: {total:,} parameters, {trainable:,} trainable, {total - trainable:,} frozen", markup=False
         )
+        if hasattr(built, "encoder_groups"):
+            stdout.print(_token_table(built))
     else:
         stdout.print(f"{label}: {describe(built)}", markup=False)
+
+
+def _token_table(model: Any, frames: int | None = None) -> Any:
+    """Token groups of a video LLM: what each encoder gives per frame, what the connector gives per clip."""
+    frames = frames or model.config.frames.num_frames or model.config.frames.max_frames
+    table = Table(title=f"visual tokens for a clip of {frames} frames", title_justify="left")
+    table.add_column("group")
+    table.add_column("from")
+    table.add_column("tokens", justify="right")
+    table.add_column("width", justify="right")
+    table.add_column("note")
+    for ref, group in model.encoder_groups.items():
+        table.add_row(ref, "encoder (per frame)", str(group.tokens), str(group.dim), escape(group.description))
+    for name, group in model.visual_groups(frames).items():
+        table.add_row(name, "connector (per clip)", str(group.tokens), str(group.dim), escape(group.description))
+    visual = model.num_visual_tokens(frames)
+    table.add_row(
+        "into the LLM", "with delimiters", str(visual), "", f"all frame tokens: {frames * model.frame_tokens}"
+    )
+    stats = getattr(model.connector, "describe", None)
+    if callable(stats):
+        for line in stats():
+            table.add_row("", "connector", "", "", escape(line))
+    return table
 
 
 @app.command("train")
@@ -276,16 +356,21 @@ app.add_typer(video_app, name="video")
 def video_inspect(
     video: Annotated[Path, typer.Argument(help="A video (or image) file.")],
     config_file: Annotated[
-        str, typer.Option("--config", "-c", help="A video LLM config (file, or plugin:name).")
+        str,
+        typer.Option(
+            "--config",
+            "-c",
+            help="A video LLM config: a run file (its model), a model file, a saved model folder, or plugin:name.",
+        ),
     ] = "valley:inspect",
     question: Annotated[str, typer.Option(help="A prompt, to count text tokens.")] = "What happens in the video?",
 ) -> None:
-    """Frames sampled (indices, timestamps), each stage's tensor shapes, and the tokens that reach the LLM."""
-    from omnimm.config import load_config
+    """Frames sampled (indices, timestamps, repeats), each stage's tensor shapes, and the tokens that reach the
+    LLM."""
     from omnimm.registry import models
     from omnimm.video import read_visual
 
-    config = load_config(config_file, into="models")
+    config = _model_config(config_file)
     sampling = getattr(config, "frames", None)
     if sampling is None:
         stderr.print(f"{config_file}: model '{config.name}' is not a video LLM", markup=False)
@@ -303,23 +388,231 @@ def video_inspect(
     frames.add_column("#", justify="right")
     frames.add_column("frame index", justify="right")
     frames.add_column("time (s)", justify="right")
+    frames.add_column("note")
+    repeated = set(clip.repeated)
     for number, (index, stamp) in enumerate(zip(clip.indices, clip.timestamps, strict=True)):
-        frames.add_row(str(number), str(index), f"{stamp:.3f}")
+        frames.add_row(
+            str(number), str(index), f"{stamp:.3f}", "repeats the frame before" if number in repeated else ""
+        )
     stdout.print(frames)
+    if repeated:
+        stderr.print(
+            f"warning: {len(repeated)} of {clip.num_frames} sampled frames repeat the one before: the video has "
+            f"fewer frames ({clip.total_frames}) than asked for",
+            markup=False,
+        )
     shapes = Table(title=f"model: {config_file} ({config.name})", title_justify="left")
     shapes.add_column("stage")
     shapes.add_column("shape")
     for stage, shape in model.trace(processor.pixels(clip)):
         shapes.add_row(escape(stage), str(list(shape)))
     stdout.print(shapes)
+    stdout.print(_token_table(model, clip.num_frames))
     example = processor.encode([("user", question)], clip, for_generation=True)
     visual = model.num_visual_tokens(clip.num_frames)
-    unpooled = clip.num_frames * model.tokens_per_frame
+    unpooled = clip.num_frames * model.frame_tokens
     stdout.print(
         f"tokens into the LLM: {visual} visual + {len(example.input_ids) - visual} text = {len(example.input_ids)} "
-        f"(all frame tokens would be {clip.num_frames} x {model.tokens_per_frame} = {unpooled} visual)",
+        f"(all frame tokens would be {clip.num_frames} x {model.frame_tokens} = {unpooled} visual)",
         markup=False,
     )
+
+
+def _model_config(source: str) -> Any:
+    """A video LLM's config from a run file, a model file, a saved model folder or `plugin:name`."""
+    from omnimm.config import load_config
+    from omnimm.run import RunConfig
+
+    folder = Path(source)
+    if folder.is_dir():
+        return _load_model(folder).config
+    config = load_config(source)
+    if isinstance(config, RunConfig):
+        return config.model
+    return config
+
+
+def _model_folder(source: Path) -> Path:
+    """A saved model folder from the folder itself, or from a run file (its last stage's `final`)."""
+    from omnimm.config import load_config
+    from omnimm.errors import ConfigError, ConfigIssue
+    from omnimm.run import RunConfig
+
+    if source.is_dir():
+        if (source / "config.json").is_file():
+            return source
+        finals = sorted(source.glob("*/final/config.json"), key=lambda p: p.stat().st_mtime)
+        if finals:
+            return finals[-1].parent
+        raise FileNotFoundError(
+            f"{source} is neither a saved model (no config.json) nor a run folder with a final model"
+        )
+    run = load_config(source, into=RunConfig)
+    if run.train is None:
+        raise ConfigError(
+            [ConfigIssue("train", "a run file without `train:` has no trained model")], source=str(source)
+        )
+    folder = Path(run.train.output_dir) / run.train.stages[-1].name / "final"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{source}: the run has no trained model yet ({folder} is missing; omnimm train {source})"
+        )
+    return folder
+
+
+def _load_model(source: Path) -> Any:
+    from omnimm.videollm.model import VideoLLM
+
+    return VideoLLM.from_pretrained(_model_folder(source))
+
+
+# -- using a trained model ---------------------------------------------------------------------------------------
+
+
+@app.command("ask")
+def ask_command(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A saved model folder, or a run file.")],
+    video: Annotated[Path, typer.Argument(help="A video or image file.")],
+    question: Annotated[str | None, typer.Argument(help="The question (omit it with --chat).")] = None,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="A conversation in the terminal: empty line or Ctrl-D ends.")
+    ] = False,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 answers greedily; above 0 samples.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+) -> None:
+    """Ask a trained video LLM about a video; the reply streams as it is generated."""
+    import torch
+
+    from omnimm.videollm.stream import ReplyStreamer
+
+    if question is None and not chat:
+        stderr.print("error: give a QUESTION, or --chat for a conversation", markup=False)
+        raise typer.Exit(2)
+    model = _load_model(model_path).eval()
+    clip = model.processor.read(video)
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if temperature > 0:
+        options.update(do_sample=True, temperature=temperature)
+        if seed is not None:
+            torch.manual_seed(seed)
+    turns: list[tuple[str, str]] = []
+    while True:
+        if question is None:
+            try:
+                question = input("you: ").strip()
+            except EOFError:
+                question = ""
+            if not question:
+                return
+            sys.stdout.write("model: ")
+        turns.append(("user", question))
+        streamer = ReplyStreamer(model, sys.stdout)
+        reply = model.answer(clip, turns, streamer=streamer, **options)
+        streamer.finish(reply)
+        turns.append(("assistant", reply))
+        if not chat:
+            return
+        question = None
+
+
+@app.command("eval")
+def eval_command(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A saved model folder, or a run file.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="A dataset config file ({name: ..., options}), plugin:name, or a conversations "
+            "JSON/JSONL file whose last assistant turn is the reference.",
+        ),
+    ],
+    evaluator: Annotated[
+        list[str], typer.Option("--evaluator", "-e", help="An evaluator name or config file; repeat for several.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for predictions.jsonl and metrics.json.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Answer every item of a dataset with a trained model, score the replies, write predictions and metrics."""
+    from omnimm.registry import datasets
+    from omnimm.videollm.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
+
+    folder = _model_folder(model_path)
+    scorers = {_evaluator_label(spec): _evaluator(spec) for spec in evaluator}
+    model = _load_model(folder)
+    dataset = datasets.build(_dataset_config(data), processor=model.processor)
+    out = output or folder / "eval"
+    result = evaluate(
+        model,
+        dataset,
+        scorers,
+        output=out,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        progress=progress,
+    )
+    for name, metrics in result.metrics.items():
+        if not name.startswith("_"):
+            stdout.print(_metrics_table(name, metrics))
+    skipped = f", {len(result.skipped)} skipped" if result.skipped else ""
+    stdout.print(
+        f"{len(result.predictions)} answers{skipped}: {out / PREDICTIONS_FILE}, {out / METRICS_FILE}", markup=False
+    )
+
+
+def _evaluator_label(spec: str) -> str:
+    return Path(spec).stem if spec.endswith((".yaml", ".yml", ".json")) else spec
+
+
+def _evaluator(spec: str) -> Any:
+    from omnimm.config import load_config
+    from omnimm.registry import evaluators
+
+    config = load_config(spec, into="evaluators") if spec.endswith((".yaml", ".yml", ".json")) else spec
+    built = evaluators.build(config)
+    if not callable(getattr(built, "evaluate", None)):
+        raise ValueError(f"evaluator '{spec}' does not score answers (it has no evaluate(predictions))")
+    return built
+
+
+def _dataset_config(data: str) -> Any:
+    from omnimm.config import load_config, read_config_file
+
+    path = Path(data)
+    if path.suffix.lower() == ".jsonl":
+        return {"name": "omnimm/conversations", "path": str(path)}
+    if path.suffix.lower() == ".json" and path.is_file():
+        parsed, _ = read_config_file(path)
+        if isinstance(parsed, list):
+            return {"name": "omnimm/conversations", "path": str(path)}
+    return load_config(data, into="datasets")
+
+
+def _metrics_table(name: str, metrics: Any) -> Any:
+    table = Table(title=name, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(metrics):
+        table.add_row(escape(key), f"{value:.4g}" if isinstance(value, float) else escape(str(value)))
+    return table
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        rows = []
+        for key, item in value.items():
+            rows += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list) and len(value) > 8:
+        return [(prefix, f"[{len(value)} values]")]
+    return [(prefix, value)]
 
 
 # -- entry point -------------------------------------------------------------------------------------------------
@@ -339,17 +632,30 @@ def get_app() -> typer.Typer:
     return app
 
 
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, ImportError, RuntimeError)
+"""What bad input raises (omnimm's own errors subclass these; pydantic's ValidationError and UnicodeDecodeError
+are ValueErrors, transformers' loading errors OSErrors or ValueErrors): one line, no traceback."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI. omnimm's own errors print as one clear message (set OMNIMM_DEBUG=1 for the traceback)."""
-    from omnimm.errors import OmnimmError
+    """Run the CLI. Errors from bad input print as one clear line (set OMNIMM_DEBUG=1 for the traceback)."""
+    from omnimm.errors import ConfigError, OmnimmError
 
     command = typer.main.get_command(get_app())
     try:
         command.main(args=argv, prog_name="omnimm", standalone_mode=True)
-    except (OmnimmError, FileNotFoundError) as error:
+    except KeyboardInterrupt:
+        stderr.print("interrupted", markup=False)
+        sys.exit(130)
+    except EXPECTED_ERRORS as error:
         if os.environ.get("OMNIMM_DEBUG"):
             raise
-        stderr.print(f"error: {error}", markup=False)
+        if isinstance(error, ConfigError):  # several issues, one per line, each naming file, line and field
+            stderr.print(f"error: {error}", markup=False)
+        elif isinstance(error, OmnimmError):
+            stderr.print(f"error: {_one_line(error)}", markup=False)
+        else:
+            stderr.print(f"error: {type(error).__name__}: {_one_line(error)}", markup=False)
         sys.exit(1)
 
 

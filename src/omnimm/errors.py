@@ -8,6 +8,7 @@ install. They subclass the built-in exception a caller would naturally catch (`L
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class OmnimmError(Exception):
@@ -42,6 +43,17 @@ class MissingDependencyError(OmnimmError, ImportError):
 
 class PluginError(OmnimmError, RuntimeError):
     """A plugin could not be loaded or registered."""
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """`('model', 'encoders', 'face', 'layers', 0)` -> `model.encoders.face.layers[0]`."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,16 @@ class ConfigError(OmnimmError, ValueError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class BuildError(OmnimmError, ValueError):
+    """A config validated but the component could not be built. The message names the part of the config (e.g.
+    `model.llm`) and why."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
 
 
 class MediaError(OmnimmError, ValueError):

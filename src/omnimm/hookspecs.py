@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from omnimm.registry import Registries
+    from omnimm.registry_core import Registries
 
 PROJECT = "omnimm"
 

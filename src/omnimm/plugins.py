@@ -8,28 +8,37 @@ Environment switches (the lesson pytest learned when autoloading broke unrelated
 The core's own components (`omnimm/...`) are always there. A plugin that raises while importing or registering
 is recorded with its error (see `omnimm plugins`); whatever it had registered is rolled back and every other
 plugin works as usual.
+
+The registries (`omnimm.registry_core`) sit below this module and never import it: importing this module installs
+the plugin manager into them as their loader (and into `omnimm.configfiles` as the finder of plugins' packaged
+configs). `omnimm.registry`, the module registries are imported from, imports this one, so that always happens.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 import pluggy
 
 from omnimm import hookspecs
+from omnimm.configfiles import use_plugin_folders
 from omnimm.errors import PluginError
-from omnimm.registry import Owner, all_registries, registering_as, registries
+from omnimm.registry_core import Owner, all_registries, registering_as, registries, use_plugin_loader
 
 ENTRY_POINT_GROUP = "omnimm.plugins"
 ENV_DISABLE_AUTOLOAD = "OMNIMM_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ALLOWLIST = "OMNIMM_PLUGINS"
 BUILTIN = "omnimm"
+BUILTIN_PLUGIN = "omnimm.builtin.plugin"
+"""The core's own plugin module. Imported by name, like every installed plugin: it imports `omnimm.registry`."""
 
 # The project's own plugins and the extra that installs each one's dependencies: used to tell a user how to get a
 # component whose plugin is not loaded (e.g. a trimmed install, or one switched off by OMNIMM_PLUGINS).
@@ -119,9 +128,8 @@ class PluginManager:
                 self.loaded = True
 
     def _load_builtin(self) -> None:
-        from omnimm.builtin import plugin as builtin_plugin
-
-        record = PluginRecord(BUILTIN, builtin_plugin.__name__, BUILTIN, _version(BUILTIN), builtin=True, extra="torch")
+        builtin_plugin = importlib.import_module(BUILTIN_PLUGIN)
+        record = PluginRecord(BUILTIN, BUILTIN_PLUGIN, BUILTIN, _version(BUILTIN), builtin=True, extra="torch")
         self._activate(record, lambda: builtin_plugin)
 
     def _load_entry_points(self) -> None:
@@ -304,3 +312,26 @@ def plugin_records() -> list[PluginRecord]:
 def register_plugin(plugin: Any, name: str, *, extra: str | None = None) -> PluginRecord:
     """See `register`."""
     return get_plugin_manager().register(plugin, name, extra=extra)
+
+
+def plugin_folder(name: str) -> Path | None:
+    """The folder of a loaded plugin's package (where its packaged `configs/` live); None if it is not loaded."""
+    record = next((r for r in plugin_records() if r.name == name and r.plugin is not None), None)
+    if record is None or not getattr(record.plugin, "__file__", None):
+        return None
+    return Path(record.plugin.__file__).parent
+
+
+class _RegistryLoader:
+    """The `PluginLoader` of the registries: this process's plugin manager."""
+
+    def load(self) -> bool:
+        ensure_plugins_loaded()
+        return get_plugin_manager().loaded
+
+    def hint_for(self, component_name: str) -> str | None:
+        return hint_for_name(component_name)
+
+
+use_plugin_loader(_RegistryLoader())
+use_plugin_folders(plugin_folder)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import model_validator
 
-from omnimm.config import Config, ModelRef, check_part_patterns
+from omnimm.configbase import Config, check_part_patterns
+from omnimm.refs import ModelRef
 from omnimm.training.configs import TrainConfig
 
 

@@ -51,12 +51,19 @@ class VideoClip:
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
 
+    @property
+    def repeated(self) -> list[int]:
+        """Positions of sampled frames that repeat the frame before them: the video has fewer frames than were
+        asked for, or decoding ended early. Empty for a clip of distinct frames."""
+        return [i for i in range(1, len(self.indices)) if self.indices[i] == self.indices[i - 1]]
+
 
 def uniform_indices(total: int, count: int) -> list[int]:
-    """`count` frame indices spread evenly over `[0, total)`, first and last frame included (as Valley does)."""
+    """`count` frame indices spread evenly over `[0, total)`, first and last frame included, rounded down (as
+    Valley does: `np.linspace(0, total - 1, count).astype(int)`). With `count > total` indices repeat."""
     if total <= 0 or count <= 0:
         return []
-    return [round(i) for i in np.linspace(0, total - 1, count)]
+    return [int(i) for i in np.linspace(0, total - 1, count).astype(np.int64)]
 
 
 def _check_file(path: Path) -> None:

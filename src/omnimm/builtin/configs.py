@@ -37,6 +37,10 @@ class TinyViTConfig(ComponentConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout inside the transformer layers."""
 
+    def group_names(self) -> list[str]:
+        """The token groups a video LLM sees: the CLS token and the patches."""
+        return ["cls", "patches"]
+
     @field_validator("patch_size")
     @classmethod
     def _patch_divides_image(cls, patch_size: int, info: ValidationInfo) -> int:

@@ -11,6 +11,7 @@ from torch import nn
 
 from omnimm.builtin.configs import ConcatConfig, MLPConfig, MultimodalEncoderConfig, TinyViTConfig
 from omnimm.registry import adapters, encoders, fusers
+from omnimm.videollm.groups import TokenGroup
 from omnimm.vision.preprocess import HALF, ImageTransform
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -19,8 +20,9 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "s
 class TinyViT(nn.Module):
     """Patch embedding, a CLS token, learned positions and pre-norm transformer layers.
 
-    `forward(images [B, C, H, W]) -> tokens [B, 1 + N, dim]` with the CLS token first; `preprocess` turns uint8
-    RGB frames into its input (squashed to `image_size`, scaled to [-1, 1]).
+    `forward(images [B, C, H, W]) -> tokens [B, 1 + N, dim]` with the CLS token first (`token_groups` says so:
+    `cls` then `patches`); `preprocess` turns uint8 RGB frames into its input (squashed to `image_size`, scaled to
+    [-1, 1]).
     """
 
     def __init__(self, config: TinyViTConfig) -> None:
@@ -47,6 +49,10 @@ class TinyViT(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
         self.image_size = config.image_size
         self.preprocess = ImageTransform(config.image_size, mean=HALF, std=HALF, resize="squash")
+        self.token_groups = {
+            "cls": TokenGroup(1, config.dim, "CLS token"),
+            "patches": TokenGroup(self.num_patches, config.dim, f"{grid}x{grid} patch tokens"),
+        }
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size, channels = self.config.image_size, self.config.in_channels
@@ -133,6 +139,13 @@ class ConcatFuser(nn.Module):
         return torch.cat(list(features), dim=axis)
 
 
+def _as_sequence(output: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """An encoder's tokens as one sequence: named groups (`{"cls": ..., "patches": ...}`) joined in order."""
+    if isinstance(output, Mapping):
+        return torch.cat([tokens for name, tokens in output.items() if name != "mask"], dim=1)
+    return output
+
+
 class MultimodalEncoder(nn.Module):
     """Runs one encoder per named input, fuses their tokens, and projects them.
 
@@ -173,6 +186,6 @@ class MultimodalEncoder(nn.Module):
                 f"model 'omnimm/multimodal-encoder' is missing input(s) {missing}; "
                 f"it takes {list(self.encoders)}, got {list(inputs)}"
             )
-        features = [encoder(inputs[key]) for key, encoder in self.encoders.items()]
+        features = [_as_sequence(encoder(inputs[key])) for key, encoder in self.encoders.items()]
         tokens = self.fuser(features) if self.fuser is not None else features[0]
         return self.adapter(tokens) if self.adapter is not None else tokens

@@ -35,11 +35,20 @@ def omnimm_register(registries: Registries) -> None:
         config=f"{_CONFIGS}:MultimodalEncoderConfig",
         extra="torch",
     )
+    registries.connectors.register_lazy(
+        "omnimm/projector",
+        "omnimm.videollm.connector:ProjectorConnector",
+        config="omnimm.videollm.configs:ProjectorConnectorConfig",
+        extra="torch",
+    )
     registries.models.register_lazy(
         "omnimm/video-llm",
         "omnimm.videollm.model:VideoLLM",
         config="omnimm.videollm.configs:VideoLLMConfig",
         extra="valley",
+    )
+    registries.evaluators.register_lazy(
+        "omnimm/choice-accuracy", "omnimm.evaluation:ChoiceAccuracy", config="omnimm.evaluation:ChoiceAccuracyConfig"
     )
     registries.datasets.register_lazy(
         "omnimm/conversations",

@@ -81,6 +81,15 @@ class HFCausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
+    def embed_weight(self) -> torch.Tensor:
+        """The input embedding matrix `[vocab, hidden]`."""
+        return self.model.get_input_embeddings().weight
+
+    def max_positions(self) -> int | None:
+        """The longest sequence the model's position encoding covers (`max_position_embeddings`), if it says."""
+        value = getattr(self._base_model().config, "max_position_embeddings", None)
+        return int(value) if value else None
+
     def forward(self, **kwargs: Any) -> Any:
         return self.model(**kwargs)
 

@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from omnimm.config import ComponentConfig, Config, Ref
+from omnimm.configbase import ComponentConfig, Config
+from omnimm.refs import Ref
 
 DatasetRef = Annotated[ComponentConfig, Ref("datasets")]
 """A field holding a dataset's config."""

@@ -93,13 +93,56 @@ def safetensors_trainer_class() -> type:
     return SafetensorsTrainer
 
 
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _stage_trainer_class() -> type:
     class StageTrainer(safetensors_trainer_class()):  # type: ignore[misc]
         """HF Trainer with per-part learning rates and safetensors checkpoints of any `nn.Module`."""
 
         def __init__(self, *args: Any, stage: StageConfig, **kwargs: Any) -> None:
             self.stage = stage
+            self._extra_logs: dict[str, list[float]] = {}
             super().__init__(*args, **kwargs)
+
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
+            aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
+            if aux is not None and num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                # The LM loss is already a token mean over the whole accumulated (and, scaled by Trainer, the whole
+                # multi-process) batch, so Trainer divides it by nothing. The auxiliary losses are means over this
+                # micro-batch: average them over the accumulation steps instead, and leave the averaging across
+                # processes to DDP.
+                scale = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+                loss = loss + aux * (1.0 / self.current_gradient_accumulation_steps - scale)
+            if isinstance(outputs, dict) and model.training:
+                self._remember(outputs)
+            return (loss, outputs) if return_outputs else loss
+
+        def _remember(self, outputs: dict[str, Any]) -> None:
+            values = {f"aux_{name}": value for name, value in (outputs.get("aux_losses") or {}).items()}
+            if values and "lm_loss" in outputs:
+                values["lm_loss"] = outputs["lm_loss"]
+            inner = _inner(self.accelerator.unwrap_model(self.model))
+            stats = getattr(inner, "last_connector_stats", None) or {}
+            values.update({f"connector_{name}": value for name, value in stats.items() if _is_number(value)})
+            for name, value in values.items():
+                self._extra_logs.setdefault(name, []).append(
+                    float(value.detach() if isinstance(value, torch.Tensor) else value)
+                )
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if "loss" in logs and self._extra_logs:  # a training log: add the means since the last one
+                logs.update({name: sum(v) / len(v) for name, v in self._extra_logs.items()})
+                self._extra_logs = {}
+            super().log(logs, *args, **kwargs)
 
         def create_optimizer(self, model: Any = None) -> Any:
             if self.optimizer is None:
@@ -185,9 +228,8 @@ def train_stage(
     )
     checkpoint = transformers.trainer_utils.get_last_checkpoint(str(output)) if resume and output.is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
-    skipped = getattr(dataset, "skipped", {})
-    if skipped:
-        log.warning("stage %s skipped %d unreadable media file(s): %s", stage.name, len(skipped), sorted(skipped)[:5])
+    for line in dataset.report() if hasattr(dataset, "report") else []:
+        log.warning("stage %s: %s", stage.name, line)
     return trainer
 
 

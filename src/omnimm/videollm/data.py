@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from omnimm.errors import ConfigError, ConfigIssue, MediaError
 from omnimm.video import VideoClip
 from omnimm.videollm.configs import ConversationDataConfig
-from omnimm.videollm.processor import Example, VideoLLMProcessor
+from omnimm.videollm.processor import Example, TooLongError, VideoLLMProcessor
 
 log = logging.getLogger("omnimm.data")
 
@@ -23,44 +23,95 @@ _MAX_ATTEMPTS = 16
 class MediaDataset(Dataset[Example]):
     """Base of datasets whose items pair a media file with a conversation.
 
-    Subclasses implement `__len__` and `item(index) -> (media path or None, turns)`. When a file cannot be read,
-    the next item is used instead, the file is recorded in `skipped`, and a warning is logged once per process:
-    one broken video never stops a training run. With `cache`, decoded clips stay in memory (small datasets read
-    for many epochs).
+    Subclasses implement `__len__` and `item(index) -> (media path or None, turns)`; `meta(index)` may add what an
+    evaluator needs (e.g. the answer choices). When a file cannot be read, or an example cannot fit `max_length`
+    without losing visual tokens, the next item is used instead, the cause is recorded in `skipped`, and a warning
+    is logged once per process: one broken video never stops a training run. Examples cut to `max_length` are
+    counted in `truncated`, clips whose sampled frames repeat (a video shorter than the frames asked for) in
+    `short_clips`. With `cache`, decoded clips stay in memory (small datasets read for many epochs).
     """
 
     def __init__(self, processor: VideoLLMProcessor, *, cache: bool = False) -> None:
         self.processor = processor
         self.skipped: dict[str, str] = {}
+        self.truncated: dict[int, int] = {}
+        self.short_clips: dict[str, int] = {}
         self.cache: dict[str, VideoClip] | None = {} if cache else None
 
     def item(self, index: int) -> tuple[str | None, Sequence[tuple[str, str]]]:
         raise NotImplementedError
 
+    def meta(self, index: int) -> dict[str, Any]:
+        """Extra facts about item `index` for evaluators (e.g. `{"kind": ..., "choices": [...]}`)."""
+        return {}
+
     def __getitem__(self, index: int) -> Example:
         for attempt in range(min(len(self), _MAX_ATTEMPTS)):
-            media, turns = self.item((index + attempt) % len(self))
+            position = (index + attempt) % len(self)
+            media, turns = self.item(position)
             try:
                 clip = self._read(media) if media is not None else None
+                example = self.processor.encode(turns, clip)
             except MediaError as error:
-                self._skip(error)
+                self._skip(error.path, error.reason)
                 continue
-            return self.processor.encode(turns, clip)
+            except TooLongError as error:
+                self._skip(media or f"item {position}", str(error))
+                continue
+            if example.cut:
+                if not self.truncated:
+                    log.warning(
+                        "an example was cut by %d tokens to max_length %s (later ones are counted in "
+                        "dataset.truncated)",
+                        example.cut,
+                        self.processor.max_length,
+                    )
+                self.truncated[position] = example.cut
+            return example
         raise MediaError(
-            f"{type(self).__name__}[{index}]", f"no readable media in {_MAX_ATTEMPTS} consecutive items; check the data"
+            f"{type(self).__name__}[{index}]",
+            f"no usable item in {_MAX_ATTEMPTS} consecutive items (unreadable media or too long); check the data",
         )
 
     def _read(self, media: str) -> VideoClip:
-        if self.cache is None:
-            return self.processor.read(media)
-        if media not in self.cache:
-            self.cache[media] = self.processor.read(media)
-        return self.cache[media]
+        if self.cache is not None and media in self.cache:
+            return self.cache[media]
+        clip = self.processor.read(media)
+        if clip.repeated:
+            if not self.short_clips:
+                log.warning(
+                    "%s: %d of %d sampled frames repeat the one before (the video has fewer frames than asked for; "
+                    "later ones are counted in dataset.short_clips)",
+                    media,
+                    len(clip.repeated),
+                    clip.num_frames,
+                )
+            self.short_clips[media] = len(clip.repeated)
+        if self.cache is not None:
+            self.cache[media] = clip
+        return clip
 
-    def _skip(self, error: MediaError) -> None:
+    def _skip(self, where: str, reason: str) -> None:
         if not self.skipped:
-            log.warning("skipping unreadable media: %s (later skips are counted in dataset.skipped)", error)
-        self.skipped[error.path] = error.reason
+            log.warning("skipping %s: %s (later skips are counted in dataset.skipped)", where, reason)
+        self.skipped[where] = reason
+
+    def report(self) -> list[str]:
+        """One line per kind of problem met so far (for the end of a stage or an evaluation)."""
+        lines = []
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} item(s) skipped (unreadable or too long): {sorted(self.skipped)[:5]}")
+        if self.truncated:
+            lines.append(
+                f"{len(self.truncated)} example(s) cut to max_length {self.processor.max_length} "
+                f"(up to {max(self.truncated.values())} tokens each)"
+            )
+        if self.short_clips:
+            lines.append(
+                f"{len(self.short_clips)} clip(s) with repeated frames (shorter than "
+                f"{self.processor.sampling.num_frames} frames): {sorted(self.short_clips)[:5]}"
+            )
+        return lines
 
 
 class ConversationDataset(MediaDataset):
@@ -82,12 +133,23 @@ class ConversationDataset(MediaDataset):
         turns = [(turn["from"], turn["value"]) for turn in record["conversations"]]
         return (str(self.root / media) if media else None), turns
 
+    def meta(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        meta = dict(record.get("meta") or {})
+        meta.setdefault("id", str(record.get("id", index)))
+        return meta
+
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
     """Load and check the records; a malformed one is a `ConfigError` naming the file and the record."""
     if not path.is_file():
         raise FileNotFoundError(f"conversation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [ConfigIssue("", f"not UTF-8 text (byte {error.start}: {error.reason})")], source=str(path)
+        ) from None
     try:
         if path.suffix.lower() == ".jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]

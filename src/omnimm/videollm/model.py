@@ -1,4 +1,4 @@
-"""`omnimm/video-llm`: frames -> encoders -> fuser -> adapter/projector -> visual tokens spliced into a causal LM."""
+"""`omnimm/video-llm`: frames -> encoders (named token groups) -> connector -> visual tokens in a causal LM."""
 
 from __future__ import annotations
 
@@ -15,8 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnimm.deps import require
-from omnimm.registry import adapters, encoders, fusers, llms, models, templates
-from omnimm.videollm.configs import VideoLLMConfig
+from omnimm.errors import BuildError
+from omnimm.registry import connectors, encoders, llms, models, templates
+from omnimm.training.configs import LoRASettings
+from omnimm.video import VideoClip
+from omnimm.videollm.configs import VideoLLMConfig, VisualGroupTokens
+from omnimm.videollm.connector import check_connector_class
+from omnimm.videollm.groups import MASK, TokenGroup, group_ref
 from omnimm.videollm.processor import IGNORE_INDEX, VideoLLMProcessor
 
 CONFIG_FILE = "config.json"
@@ -25,10 +30,12 @@ LLM_FOLDER = "llm"
 
 
 class VideoLLM(nn.Module):
-    """A video (or image) LLM composed from registered parts.
+    """A video (or image) LLM composed from registered parts: encoders giving named token groups, a connector that
+    turns them into the LLM's visual tokens (optionally several groups, with auxiliary losses), a causal LM.
 
-    `forward(input_ids, attention_mask, pixel_values, labels)` returns `{"loss", "logits"}`; `generate` and
-    `answer` produce text; `save_pretrained` / `from_pretrained` store a JSON config and safetensors weights.
+    `forward(input_ids, attention_mask, pixel_values, labels)` returns `{"loss", "lm_loss", "aux_losses", "logits"}`;
+    `generate` and `answer` produce text; `save_pretrained` / `from_pretrained` store a JSON config and safetensors
+    weights.
     """
 
     accepts_loss_kwargs = True  # HF Trainer passes num_items_in_batch: exact token-mean loss across devices
@@ -36,23 +43,41 @@ class VideoLLM(nn.Module):
     def __init__(self, config: VideoLLMConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoders = nn.ModuleDict({key: encoders.build(cfg) for key, cfg in config.encoders.items()})
-        widths = [int(e.out_dim) for e in self.encoders.values()]
-        tokens = [int(e.num_patches) + 1 for e in self.encoders.values()]
-        self.fuser = fusers.build(config.fuser, in_dims=widths) if config.fuser is not None else None
-        width = int(self.fuser.out_dim) if self.fuser is not None else widths[0]
-        self.tokens_per_frame = self.fuser.tokens_out(tokens) if self.fuser is not None else tokens[0]
-        self.standardizer = FeatureStandardizer(self.tokens_per_frame, width) if config.standardize else None
-        self.llm = llms.build(config.llm)
+        self.encoders = nn.ModuleDict(
+            {key: building(f"encoders.{key}", encoders.build, cfg) for key, cfg in config.encoders.items()}
+        )
+        self.encoder_groups = {
+            group_ref(key, name): group
+            for key, encoder in self.encoders.items()
+            for name, group in _token_groups(key, encoder).items()
+        }
+        self.standardizers = (
+            nn.ModuleDict(
+                {
+                    key: nn.ModuleDict(
+                        {name: FeatureStandardizer(g.tokens, g.dim) for name, g in _token_groups(key, enc).items()}
+                    )
+                    for key, enc in self.encoders.items()
+                }
+            )
+            if config.standardize
+            else None
+        )
+        self.llm = building("llm", llms.build, config.llm)
         hidden = self.llm.hidden_size
-        patches = self.tokens_per_frame - 1
-        self.projector = adapters.build(config.projector, in_dim=width, out_dim=hidden)
-        pooled_width = hidden if config.project_first else width  # Valley projects first, then pools
-        self.adapter = None
-        if config.adapter is not None:
-            self.adapter = adapters.build(config.adapter, dim=pooled_width, num_patches=patches)
-        self.visual_token_id = self.llm.add_special_tokens([config.visual_token])[0]
+        self.connector = building(
+            "connector", _build_connector, config.connector, inputs=self.encoder_groups, out_dim=hidden
+        )
+        self.layout = VisualLayout.build(config, list(self.connector.output_groups(1)))
+        ids = self.llm.add_special_tokens(self.layout.tokens())
+        self.layout.bind(dict(zip(self.layout.tokens(), ids, strict=True)))
+        self.visual_token_id = self.layout.marker_id
+        self.delimiters = None
+        if self.layout.delimiters:
+            mean = self.llm.embed_weight().detach().float().mean(dim=0)  # Valley/LLaVA initialise new tokens so
+            self.delimiters = nn.Parameter(mean.repeat(len(self.layout.delimiters), 1).to(self.llm.embed_weight()))
         self.template = templates.get(config.template)
+        self.max_length = config.max_length or self.llm.max_positions()
         self.processor = VideoLLMProcessor(
             tokenizer=self.llm.tokenizer,
             template=self.template,
@@ -60,148 +85,198 @@ class VideoLLM(nn.Module):
             visual_token_id=self.visual_token_id,
             transforms={key: encoder.preprocess for key, encoder in self.encoders.items()},
             sampling=config.frames,
-            tokens_for_frames=self.num_visual_tokens,
+            visual_ids=self.visual_ids,
+            ignored_ids=self.layout.all_ids(),
+            max_length=self.max_length,
         )
+        if config.lora is not None:
+            self.add_lora(**config.lora.model_dump(exclude={"merge"}))
         self.requires_grad_(True)
         parts = self.parts()
         for pattern in config.freeze:
             for name in fnmatch.filter(parts, pattern):
                 parts[name].requires_grad_(False)
+        self.last_connector_stats: dict[str, Any] = {}
 
     # -- structure --------------------------------------------------------------------------------------------------
 
     def parts(self) -> dict[str, nn.Module]:
-        """Named parts, as `freeze` and training stages name them."""
+        """Named parts, as `freeze`, training stages and per-part learning rates name them."""
         found: dict[str, nn.Module] = {"encoders": self.encoders}
         found.update({f"encoders.{key}": module for key, module in self.encoders.items()})
-        for name in ("fuser", "adapter"):
-            module = getattr(self, name)
-            if module is not None:
-                found[name] = module
-        found["projector"] = self.projector
+        found["connector"] = self.connector
+        found.update({f"connector.{name}": module for name, module in self.connector.sub_parts().items()})
+        if self.delimiters is not None:
+            found["delimiters"] = _ParameterPart(self.delimiters)
         found["llm"] = self.llm
         return found
 
+    def visual_groups(self, frames: int) -> dict[str, TokenGroup]:
+        """The connector's output groups for a clip of `frames` frames: tokens and width of each."""
+        return self.connector.output_groups(frames)
+
+    def visual_ids(self, frames: int) -> list[int]:
+        """The token ids the prompt marker expands to for a clip of `frames` frames (placeholders and delimiters)."""
+        return self.layout.expand(self.visual_groups(frames))
+
     def num_visual_tokens(self, frames: int) -> int:
-        """How many positions the visual input of `frames` frames takes in the LLM's sequence."""
-        if self.adapter is None:
-            return frames * self.tokens_per_frame
-        return int(self.adapter.num_tokens(frames, self.tokens_per_frame - 1))
+        """How many positions the visual input of `frames` frames takes in the LLM's sequence (delimiters
+        included)."""
+        return len(self.visual_ids(frames))
+
+    @property
+    def frame_tokens(self) -> int:
+        """Tokens per frame over every encoder group (what the LLM would see per frame without a connector)."""
+        return sum(group.tokens for group in self.encoder_groups.values())
 
     # -- vision -----------------------------------------------------------------------------------------------------
 
-    def encode_frames(self, pixel_values: Mapping[str, Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-        """Per sample, the fused frame tokens `[T_i, 1+N, D]`; all frames of the batch go through each encoder at
-        once."""
-        per_encoder = []
+    def encode_frames(
+        self, pixel_values: Mapping[str, Sequence[Any]]
+    ) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """Per sample, its token groups `{ref: [T_i, n, d]}` and frame masks `{encoder: [T_i]}`; all frames of the
+        batch go through each encoder at once."""
+        samples: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
         for key, encoder in self.encoders.items():
-            clips = pixel_values[key]
-            lengths = [len(c) for c in clips]
-            frames = torch.cat(list(clips)).to(self._device(), self._vision_dtype(encoder))
-            per_encoder.append(encoder(frames).split(lengths))
-        samples = (
-            list(per_encoder[0])
-            if self.fuser is None
-            else [self.fuser(list(s)) for s in zip(*per_encoder, strict=True)]
-        )
-        return [self.standardizer(tokens) for tokens in samples] if self.standardizer is not None else samples
+            clips = list(pixel_values[key])
+            if not samples:
+                samples = [({}, {}) for _ in clips]
+            if len(clips) != len(samples):
+                raise ValueError(f"pixel_values['{key}'] has {len(clips)} clips, other encoders {len(samples)}")
+            lengths = [_frame_count(clip) for clip in clips]
+            inputs = _to(_concat(clips), self._device(), self._vision_dtype(encoder))
+            groups, mask = _split_output(key, encoder, encoder(inputs))
+            for name, tokens in groups.items():
+                standardize = self.standardizers[key][name] if self.standardizers is not None else None
+                for sample, piece in zip(samples, tokens.split(lengths), strict=True):
+                    sample[0][group_ref(key, name)] = standardize(piece) if standardize is not None else piece
+            if mask is not None:
+                for sample, piece in zip(samples, mask.split(lengths), strict=True):
+                    sample[1][key] = piece
+        return samples
 
-    def visual_features(self, pixel_values: Mapping[str, Sequence[torch.Tensor]]) -> list[torch.Tensor]:
-        """Per sample, the visual tokens in the LLM's width: `[K_i, hidden]`."""
+    def connect(
+        self, pixel_values: Mapping[str, Sequence[Any]]
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], dict[str, Any]]:
+        """Per sample, the connector's output groups `{group: [K_g, hidden]}`; plus its auxiliary losses (averaged
+        over the samples) and statistics."""
         samples = self.encode_frames(pixel_values)
-        # Samples with the same number of frames pool together; a batch sampled with num_frames is one group.
-        groups: dict[int, list[int]] = {}
-        for index, tokens in enumerate(samples):
-            groups.setdefault(len(tokens), []).append(index)
-        outputs: dict[int, torch.Tensor] = {}
-        for indices in groups.values():
-            stacked = torch.stack([samples[i] for i in indices])  # [B, T, 1+N, D]
-            pooled = self._pool_and_project(stacked)
-            outputs.update(zip(indices, pooled, strict=True))
-        return [outputs[i] for i in range(len(samples))]
+        by_length: dict[int, list[int]] = {}  # clips with the same frame count go through the connector together
+        for index, (groups, _) in enumerate(samples):
+            by_length.setdefault(len(next(iter(groups.values()))), []).append(index)
+        outputs: dict[int, dict[str, torch.Tensor]] = {}
+        losses: dict[str, torch.Tensor] = {}
+        stats: dict[str, Any] = {}
+        for frames, indices in by_length.items():
+            groups = {ref: torch.stack([samples[i][0][ref] for i in indices]) for ref in samples[indices[0]][0]}
+            masks = {key: torch.stack([samples[i][1][key] for i in indices]) for key in samples[indices[0]][1]}
+            out = self.connector(groups, masks)
+            self._check_output(out.tokens, frames, len(indices))
+            share = len(indices) / len(samples)
+            for name, value in out.losses.items():
+                losses[name] = losses.get(name, 0) + value * share
+            stats.update(out.stats)
+            for position, index in enumerate(indices):
+                outputs[index] = {name: tokens[position] for name, tokens in out.tokens.items()}
+        return [outputs[i] for i in range(len(samples))], losses, stats
+
+    def _check_output(self, tokens: Mapping[str, torch.Tensor], frames: int, batch: int) -> None:
+        expected = self.visual_groups(frames)
+        got = {name: tuple(t.shape) for name, t in tokens.items()}
+        want = {name: (batch, g.tokens, g.dim) for name, g in expected.items()}
+        if got != want:
+            raise ValueError(
+                f"connector '{self.config.connector.name}' returned groups {got} for {frames} frames, but its "
+                f"output_groups() say {want}"
+            )
 
     @torch.no_grad()
-    def trace(self, pixel_values: Mapping[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...]]]:
-        """Shapes at each stage for one clip (`{key: [T, 3, S, S]}`), for inspection."""
+    def trace(self, pixel_values: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+        """Shapes at each stage for one clip (`{key: [T, 3, S, S]}` or the encoder's own input), for inspection."""
         steps: list[tuple[str, tuple[int, ...]]] = []
-        per_encoder = []
-        for key, encoder in self.encoders.items():
-            steps.append((f"pixel_values[{key}]", tuple(pixel_values[key].shape)))
-            tokens = encoder(pixel_values[key].to(self._device(), self._vision_dtype(encoder)))
-            steps.append((f"encoders.{key} ({encoder.config.name})", tuple(tokens.shape)))
-            per_encoder.append(tokens)
-        tokens = self.fuser(per_encoder) if self.fuser is not None else per_encoder[0]
-        if self.fuser is not None:
-            steps.append((f"fuser ({self.config.fuser.name})", tuple(tokens.shape)))
-        if self.standardizer is not None:
-            tokens = self.standardizer(tokens)
-            steps.append(("standardize", tuple(tokens.shape)))
-        tokens = tokens.unsqueeze(0)
-        stages = [("projector", self.projector), ("adapter", self.adapter)]
-        for name, module in stages if self.config.project_first else reversed(stages):
-            if module is None:
-                tokens = tokens.reshape(1, -1, tokens.shape[-1])
-                steps.append((f"{name} (none: all frame tokens)", tuple(tokens.shape[1:])))
-                continue
-            tokens = module(tokens)
-            steps.append((f"{name} ({module.config.name})", tuple(tokens.shape[1:])))
+        for key in self.encoders:
+            value = pixel_values[key]
+            shape = value["pixels"].shape if isinstance(value, Mapping) else value.shape
+            steps.append((f"pixel_values[{key}]", tuple(shape)))
+        groups, masks = self.encode_frames({key: [value] for key, value in pixel_values.items()})[0]
+        for ref, tokens in groups.items():
+            key = ref.split(".", 1)[0]
+            steps.append((f"encoders.{key} ({self.config.encoders[key].name}) -> {ref}", tuple(tokens.shape)))
+        for key, mask in masks.items():
+            steps.append(
+                (f"encoders.{key} frames with a mask set ({int(mask.sum())} of {len(mask)})", tuple(mask.shape))
+            )
+        batched = {ref: tokens[None] for ref, tokens in groups.items()}
+        out = self.connector(batched, {key: mask[None] for key, mask in masks.items()})
+        for name, tokens in out.tokens.items():
+            steps.append((f"connector ({self.config.connector.name}) -> {name}", tuple(tokens.shape[1:])))
+        frames = len(next(iter(groups.values())))
+        steps.append(("visual positions in the LLM's sequence (with delimiters)", (self.num_visual_tokens(frames),)))
         return steps
-
-    def _pool_and_project(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch = tokens.shape[0]
-        if self.config.project_first:
-            tokens = self.projector(tokens)
-            return self.adapter(tokens) if self.adapter is not None else tokens.reshape(batch, -1, tokens.shape[-1])
-        pooled = self.adapter(tokens) if self.adapter is not None else tokens.reshape(batch, -1, tokens.shape[-1])
-        return self.projector(pooled)
 
     # -- language ---------------------------------------------------------------------------------------------------
 
     def inputs_embeds(
-        self, input_ids: torch.Tensor, pixel_values: Mapping[str, Sequence[torch.Tensor]] | None
-    ) -> torch.Tensor:
-        """Token embeddings with the visual tokens written over the placeholder positions (HF llava's pattern)."""
+        self, input_ids: torch.Tensor, pixel_values: Mapping[str, Sequence[Any]] | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token embeddings with each output group written over its placeholder positions (HF llava's pattern) and
+        the learned delimiter embeddings over theirs; plus the connector's auxiliary losses."""
         embeds = self.llm.embed(input_ids)
-        placeholders = input_ids == self.visual_token_id
-        counts = placeholders.sum(dim=1).tolist()
-        if not any(counts):
-            return embeds
+        layout = self.layout
+        if self.delimiters is not None:
+            for index, token_id in enumerate(layout.delimiter_ids):
+                where = (input_ids == token_id).unsqueeze(-1)
+                embeds = torch.where(where, self.delimiters[index].to(embeds.dtype), embeds)
+        visual_rows = torch.isin(input_ids, torch.tensor(layout.placeholder_ids, device=input_ids.device))
+        rows = [row for row, has in enumerate(visual_rows.any(dim=1).tolist()) if has]
+        if not rows:
+            return embeds, {}
         if pixel_values is None:
             raise ValueError(
                 f"input_ids contain {self.config.visual_token} placeholders but no pixel_values were given"
             )
-        features = self.visual_features(pixel_values)
-        rows = [row for row, count in enumerate(counts) if count]
+        features, losses, stats = self.connect(pixel_values)
+        self.last_connector_stats = stats
         if len(rows) != len(features):
             raise ValueError(
                 f"{len(rows)} batch rows have {self.config.visual_token} placeholders "
                 f"but {len(features)} videos were given"
             )
-        for row, feature in zip(rows, features, strict=True):
-            if counts[row] != len(feature):
-                raise ValueError(
-                    f"batch row {row} has {counts[row]} {self.config.visual_token} placeholder tokens but its video "
-                    f"gives {len(feature)} visual tokens; tokenize with model.processor so the counts agree"
-                )
-        visual = torch.cat(features).to(embeds.dtype)
-        return embeds.masked_scatter(placeholders.unsqueeze(-1).expand_as(embeds), visual)
+        for group, token_id in layout.placeholders.items():
+            where = input_ids == token_id
+            counts = where.sum(dim=1).tolist()
+            for row, feature in zip(rows, features, strict=True):
+                if counts[row] != len(feature[group]):
+                    raise ValueError(
+                        f"batch row {row} has {counts[row]} placeholder tokens for visual group '{group}' but its "
+                        f"video gives {len(feature[group])} tokens; tokenize with model.processor so the counts agree"
+                    )
+            visual = torch.cat([feature[group] for feature in features]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(where.unsqueeze(-1).expand_as(embeds), visual)
+        return embeds, losses
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        pixel_values: Mapping[str, Sequence[torch.Tensor]] | None = None,
+        pixel_values: Mapping[str, Sequence[Any]] | None = None,
         labels: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         **_: Any,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         input_ids = input_ids.to(self._device())
-        embeds = self.inputs_embeds(input_ids, pixel_values)
+        embeds, aux_losses = self.inputs_embeds(input_ids, pixel_values)
         mask = attention_mask.to(self._device()) if attention_mask is not None else None
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits
-        out = {"logits": logits}
+        out: dict[str, Any] = {"logits": logits, "aux_losses": aux_losses}
         if labels is not None:
-            out["loss"] = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
+            lm_loss = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
+            aux = lm_loss.new_zeros(())
+            for name, value in aux_losses.items():
+                aux = aux + self.connector.loss_weight(name) * value
+            out["lm_loss"] = lm_loss
+            out["aux_loss"] = aux
+            out["loss"] = lm_loss + aux
         return out
 
     @torch.no_grad()
@@ -216,7 +291,7 @@ class VideoLLM(nn.Module):
     ) -> torch.Tensor:
         """New token ids for a left-padded batch (`processor.collate(..., padding_side="left")`)."""
         input_ids = input_ids.to(self._device())
-        embeds = self.inputs_embeds(input_ids, pixel_values)
+        embeds, _ = self.inputs_embeds(input_ids, pixel_values)
         options.setdefault("do_sample", False)
         options.setdefault("eos_token_id", self._stop_ids() or None)
         stop = self._stop_sequence()
@@ -233,15 +308,16 @@ class VideoLLM(nn.Module):
 
     def answer(
         self,
-        video: str | os.PathLike[str] | None,
+        video: str | os.PathLike[str] | VideoClip | None,
         question: str | Sequence[tuple[str, str]],
         *,
         max_new_tokens: int = 64,
         **options: Any,
     ) -> str:
-        """Read a video (or image), ask `question` (or continue a conversation of `(role, text)` turns), return the
-        reply."""
-        clip = self.processor.read(video) if video is not None else None
+        """Read a video (or image; or take a clip already read), ask `question` (or continue a conversation of
+        `(role, text)` turns), return the reply. `streamer=` (a transformers streamer) receives the words as they
+        come."""
+        clip = video if isinstance(video, VideoClip) or video is None else self.processor.read(video)
         turns = [("user", question)] if isinstance(question, str) else list(question)
         example = self.processor.encode(turns, clip, for_generation=True)
         batch = self.processor.collate([example], padding_side="left")
@@ -282,30 +358,34 @@ class VideoLLM(nn.Module):
     def add_lora(
         self, rank: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: Any = "all-linear"
     ) -> None:
-        """Wrap the LLM with peft LoRA adapters (only they train when a stage trains `llm`)."""
+        """Wrap the LLM with peft LoRA adapters (only they train when a stage trains `llm`). The settings are kept in
+        `config.lora`, so a saved model with unmerged adapters rebuilds them."""
         peft = require("peft", extra="valley", purpose="LoRA")
         lora = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
         self.llm.model = peft.get_peft_model(self.llm.model, lora)
+        settings = LoRASettings(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules, merge=False)
+        self.config = self.config.model_copy(update={"lora": settings})
 
     @property
     def has_lora(self) -> bool:
         return hasattr(self.llm.model, "merge_and_unload")
 
     def merge_lora(self) -> None:
-        """Fold LoRA weights into the LLM and drop the adapters (before saving a plain model)."""
+        """Fold LoRA weights into the LLM and drop the adapters."""
         if self.has_lora:
             self.llm.model = self.llm.model.merge_and_unload()
+            self.config = self.config.model_copy(update={"lora": None})
 
     # -- files ------------------------------------------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
         """Write `config.json`, `model.safetensors` and the LLM's config and tokenizer (`llm/`) to `folder`.
 
-        LoRA adapters are merged first. The folder is written next to its destination and swapped in at the end,
-        so an interrupted save leaves the previous one intact.
+        LoRA adapters are saved as they are (unmerged; `merge_lora()` first for a plain model): the config records
+        them and `from_pretrained` rebuilds them. The folder is written next to its destination and swapped in at
+        the end, so an interrupted save leaves the previous one intact.
         """
         safetensors_torch = require("safetensors.torch", extra="torch", purpose="saving a model")
-        self.merge_lora()
         target = Path(folder)
         staging = target.with_name(f".{target.name}.saving-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -332,8 +412,11 @@ class VideoLLM(nn.Module):
         config_file = source / CONFIG_FILE
         if not config_file.is_file():
             raise FileNotFoundError(f"{source} is not a saved video LLM: {CONFIG_FILE} is missing")
-        data = json.loads(config_file.read_text())["omnimm"]
-        llm = data["llm"]
+        try:
+            data = json.loads(config_file.read_text(encoding="utf-8"))["omnimm"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{config_file}: not a video LLM config ({type(error).__name__}: {error})") from None
+        llm = data.get("llm") or {}
         if llm.get("path") and not Path(llm["path"]).is_absolute():
             llm["path"] = str(source / llm["path"])
         config = models.validate(data, source=str(config_file))
@@ -345,6 +428,151 @@ class VideoLLM(nn.Module):
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
         return model
+
+
+class VisualLayout:
+    """Where visual features go in the token sequence: the prompt marker expands to each output group of the
+    connector, `[start] placeholder * K [end]` per group, in the connector's order."""
+
+    def __init__(self, marker: str, groups: dict[str, tuple[str, str | None, str | None]]) -> None:
+        self.marker = marker
+        self.groups = groups  # group -> (placeholder, start, end)
+        self.delimiters = [t for _, start, end in groups.values() for t in (start, end) if t is not None]
+        self._ids: dict[str, int] = {}
+
+    @classmethod
+    def build(cls, config: VideoLLMConfig, output_groups: list[str]) -> VisualLayout:
+        unknown = sorted(set(config.visual_groups) - set(output_groups))
+        if unknown:
+            raise ValueError(
+                f"visual_groups names {unknown}, but connector '{config.connector.name}' outputs {output_groups}"
+            )
+        groups = {}
+        for group in output_groups:
+            tokens = config.visual_groups.get(group, VisualGroupTokens())
+            default = config.visual_token if len(output_groups) == 1 else f"<{group}>"
+            groups[group] = (tokens.placeholder or default, tokens.start, tokens.end)
+        layout = cls(config.visual_token, groups)
+        every = [layout.marker, *(p for p, _, _ in groups.values()), *layout.delimiters]
+        doubled = sorted({t for t in every if every.count(t) > 1} - {layout.marker})
+        if doubled or len({p for p, _, _ in groups.values()}) < len(groups):
+            raise ValueError(f"visual_groups: each group needs its own placeholder and delimiters, {doubled} repeat")
+        return layout
+
+    def tokens(self) -> list[str]:
+        """Every token the layout uses, each once (the tokenizer must know them)."""
+        return list(dict.fromkeys([self.marker, *(p for p, _, _ in self.groups.values()), *self.delimiters]))
+
+    def bind(self, ids: Mapping[str, int]) -> None:
+        self._ids = dict(ids)
+
+    @property
+    def marker_id(self) -> int:
+        return self._ids[self.marker]
+
+    @property
+    def placeholders(self) -> dict[str, int]:
+        return {group: self._ids[placeholder] for group, (placeholder, _, _) in self.groups.items()}
+
+    @property
+    def placeholder_ids(self) -> list[int]:
+        return list(self.placeholders.values())
+
+    @property
+    def delimiter_ids(self) -> list[int]:
+        return [self._ids[token] for token in self.delimiters]
+
+    def all_ids(self) -> set[int]:
+        return set(self._ids.values())
+
+    def expand(self, groups: Mapping[str, TokenGroup]) -> list[int]:
+        ids: list[int] = []
+        for group, (placeholder, start, end) in self.groups.items():
+            ids += [self._ids[start]] if start is not None else []
+            ids += [self._ids[placeholder]] * groups[group].tokens
+            ids += [self._ids[end]] if end is not None else []
+        return ids
+
+
+class _ParameterPart(nn.Module):
+    """Lets a bare parameter (the delimiter embeddings) be a named part: trainable or frozen like any module."""
+
+    def __init__(self, parameter: nn.Parameter) -> None:
+        super().__init__()
+        self._parameter = [parameter]  # not registered here: the model owns it
+
+    def parameters(self, recurse: bool = True) -> Any:  # type: ignore[override]
+        return iter(self._parameter)
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return iter([("delimiters", self._parameter[0])])
+
+    def requires_grad_(self, requires_grad: bool = True) -> _ParameterPart:
+        self._parameter[0].requires_grad_(requires_grad)
+        return self
+
+
+def building(where: str, factory: Any, config: Any, **deps: Any) -> Any:
+    """Build one part; an error while building says which part of the model config it comes from."""
+    try:
+        return factory(config, **deps)
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as error:
+        if isinstance(error, BuildError):
+            raise
+        name = getattr(config, "name", None)
+        raise BuildError(where, f"{name + ': ' if name else ''}{error}") from error
+
+
+def _build_connector(config: Any, **deps: Any) -> Any:
+    check_connector_class(connectors.get(config.name), config.name)
+    return connectors.build(config, **deps)
+
+
+def _token_groups(key: str, encoder: nn.Module) -> dict[str, TokenGroup]:
+    groups = getattr(encoder, "token_groups", None)
+    if not groups:
+        name = getattr(getattr(encoder, "config", None), "name", type(encoder).__name__)
+        raise BuildError(
+            f"encoders.{key}",
+            f"encoder '{name}' does not describe its output: give it a `token_groups` attribute "
+            f"({{name: omnimm.videollm.groups.TokenGroup(tokens_per_frame, width)}})",
+        )
+    return dict(groups)
+
+
+def _split_output(key: str, encoder: nn.Module, output: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """An encoder's output as `{group: [F, n, d]}` and its frame mask: a mapping as is, a tensor split along tokens
+    in the order of `token_groups`."""
+    groups = _token_groups(key, encoder)
+    if isinstance(output, Mapping):
+        mask = output.get(MASK)
+        found = {name: output[name] for name in groups if name in output}
+        missing = [name for name in groups if name not in output]
+        if missing:
+            raise ValueError(f"encoders.{key} returned no tensor for its token group(s) {missing}")
+        return found, mask
+    sizes = [group.tokens for group in groups.values()]
+    if output.ndim != 3 or output.shape[1] != sum(sizes):
+        raise ValueError(
+            f"encoders.{key} returned {list(output.shape)}; its token_groups say [frames, {sum(sizes)}, width]"
+        )
+    return dict(zip(groups, output.split(sizes, dim=1), strict=True)), None
+
+
+def _frame_count(clip: Any) -> int:
+    return len(clip["pixels"] if isinstance(clip, Mapping) else clip)
+
+
+def _concat(clips: list[Any]) -> Any:
+    if isinstance(clips[0], Mapping):
+        return {name: torch.cat([clip[name] for clip in clips]) for name in clips[0]}
+    return torch.cat(clips)
+
+
+def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(value, Mapping):
+        return {name: _to(item, device, dtype) for name, item in value.items()}
+    return value.to(device, dtype) if value.is_floating_point() else value.to(device)
 
 
 class _StopSequence:

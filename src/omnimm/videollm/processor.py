@@ -23,9 +23,15 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
-    pixel_values: dict[str, torch.Tensor]
-    """Per encoder key: `[T, 3, S, S]`."""
+    pixel_values: dict[str, Any]
+    """Per encoder key: `[T, 3, S, S]` (or what that encoder's preprocessing gives, e.g. pixels and a mask)."""
     clip: VideoClip | None = None
+    cut: int = 0
+    """Tokens cut from the end to fit `max_length` (0: none)."""
+
+
+class TooLongError(ValueError):
+    """An example cannot fit `max_length` without cutting into its visual tokens (or a prompt is too long)."""
 
 
 class VideoLLMProcessor:
@@ -38,9 +44,11 @@ class VideoLLMProcessor:
         template: ChatTemplate,
         visual_token: str,
         visual_token_id: int,
-        transforms: Mapping[str, ImageTransform],
+        transforms: Mapping[str, ImageTransform | Callable[..., Any]],
         sampling: FrameSampling,
-        tokens_for_frames: Callable[[int], int],
+        visual_ids: Callable[[int], list[int]],
+        ignored_ids: set[int] | None = None,
+        max_length: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.template = template
@@ -48,7 +56,9 @@ class VideoLLMProcessor:
         self.visual_token_id = visual_token_id
         self.transforms = dict(transforms)
         self.sampling = sampling
-        self.tokens_for_frames = tokens_for_frames
+        self.visual_ids = visual_ids
+        self.ignored_ids = set(ignored_ids or ()) | {visual_token_id}
+        self.max_length = max_length
         self._bos = self._leading_bos(tokenizer)
 
     @staticmethod
@@ -67,9 +77,13 @@ class VideoLLMProcessor:
         s = self.sampling
         return read_visual(path, num_frames=s.num_frames, fps=s.fps, max_frames=s.max_frames)
 
-    def pixels(self, clip: VideoClip) -> dict[str, torch.Tensor]:
-        """Each encoder's preprocessing applied to the clip's frames: `{key: [T, 3, S, S]}`."""
-        return {key: transform(clip.frames) for key, transform in self.transforms.items()}
+    def pixels(self, clip: VideoClip) -> dict[str, Any]:
+        """Each encoder's preprocessing applied to the clip's frames: `{key: [T, 3, S, S]}` (a preprocessing with a
+        `clip_pixels(clip)` method gets the whole clip, e.g. to use landmarks stored with it)."""
+        return {
+            key: transform.clip_pixels(clip) if hasattr(transform, "clip_pixels") else transform(clip.frames)
+            for key, transform in self.transforms.items()
+        }
 
     # -- text -------------------------------------------------------------------------------------------------------
 
@@ -99,13 +113,16 @@ class VideoLLMProcessor:
     ) -> Example:
         """Tokenise a conversation (`(role, text)` turns); labels mark only the assistant's words (and the EOS).
 
-        With `for_generation`, the prompt ends with the assistant prefix and labels are all ignored.
+        With `for_generation`, the prompt ends with the assistant prefix and labels are all ignored. Visual and
+        delimiter positions never carry a label, wherever the marker sits. A training example longer than
+        `max_length` is cut from the end (`example.cut` says by how much); one whose visual tokens would be cut, or
+        a prompt for generation that is too long, raises `TooLongError`.
         """
         turns = self._with_placeholder(turns, clip is not None)
         segments = self.template.render(turns, add_generation_prompt=for_generation)
         ids: list[int] = list(self._bos)
         labels: list[int] = [IGNORE_INDEX] * len(ids)
-        visual = self.tokens_for_frames(clip.num_frames) if clip is not None else 0
+        visual = self.visual_ids(clip.num_frames) if clip is not None else []
         for segment in segments:
             piece = self.tokenizer(segment.text, add_special_tokens=False).input_ids
             piece = self._expand_visual(piece, visual)
@@ -115,14 +132,33 @@ class VideoLLMProcessor:
         if not for_generation and eos is not None and segments and segments[-1].target:
             ids.append(eos)
             labels.append(eos)
+        labels = [
+            IGNORE_INDEX if token in self.ignored_ids else label for token, label in zip(ids, labels, strict=True)
+        ]
+        cut = self._overflow(ids, for_generation)
+        if cut:
+            ids, labels = ids[:-cut], labels[:-cut]
         pixel_values = self.pixels(clip) if clip is not None else {}
-        return Example(ids, labels, pixel_values, clip)
+        return Example(ids, labels, pixel_values, clip, cut)
 
-    def _expand_visual(self, piece: list[int], count: int) -> list[int]:
+    def _overflow(self, ids: list[int], for_generation: bool) -> int:
+        if self.max_length is None or len(ids) <= self.max_length:
+            return 0
+        if for_generation:
+            raise TooLongError(f"the prompt takes {len(ids)} tokens, more than max_length ({self.max_length})")
+        last_visual = max((i for i, token in enumerate(ids) if token in self.ignored_ids), default=-1)
+        if last_visual >= self.max_length:
+            raise TooLongError(
+                f"the example takes {len(ids)} tokens and its visual tokens end at {last_visual + 1}, past "
+                f"max_length ({self.max_length}); use fewer frames or a longer max_length"
+            )
+        return len(ids) - self.max_length
+
+    def _expand_visual(self, piece: list[int], visual: list[int]) -> list[int]:
         if self.visual_token_id not in piece:
             return piece
         index = piece.index(self.visual_token_id)
-        return piece[:index] + [self.visual_token_id] * count + piece[index + 1 :]
+        return piece[:index] + list(visual) + piece[index + 1 :]
 
     # -- batches ----------------------------------------------------------------------------------------------------
 
@@ -142,9 +178,10 @@ class VideoLLMProcessor:
             labels[row, span] = torch.tensor(example.labels)
             attention[row, span] = 1
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-        keys = {key for e in examples for key in e.pixel_values}
-        if keys:
-            batch["pixel_values"] = {key: [e.pixel_values[key] for e in examples] for key in sorted(keys)}
+        visual = [e for e in examples if e.pixel_values]  # text-only examples may share the batch (as in LLaVA)
+        if visual:
+            keys = sorted({key for e in visual for key in e.pixel_values})
+            batch["pixel_values"] = {key: [e.pixel_values[key] for e in visual] for key in keys}
         return batch
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:

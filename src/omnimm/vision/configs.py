@@ -14,15 +14,31 @@ class VisionEncoderConfig(ComponentConfig):
 
     select_layer: int = -2
     """Which transformer block's output to return; negative counts from the end (-2: the penultimate, as LLaVA and
-    Valley use)."""
+    Valley use). Gives the token groups `cls` and `patches`."""
+    select_layers: list[int] | None = Field(None, min_length=1)
+    """Several blocks at once (e.g. `[-2, 6, 3]`), instead of `select_layer`: groups `cls_0`, `patches_0`,
+    `cls_1`, `patches_1`, ... in the order listed."""
     pretrained: str | None = None
     """Local weights (a file or folder, depending on the library); `null` builds the architecture with random
     weights (tests, demos)."""
     resize: Literal["shortest", "squash"] = "shortest"
     """Preprocessing: scale the shorter side and centre-crop (CLIP), or squash to a square."""
+    resize_to: int | None = Field(None, ge=1)
+    """With `resize: shortest`, scale the shorter side to this before the centre crop to the encoder's size
+    (Valley: 256, then a 224 crop); unset: straight to the encoder's size (CLIP)."""
 
     def without_weights(self) -> VisionEncoderConfig:
         return super().without_weights().model_copy(update={"pretrained": None})
+
+    def layers(self) -> list[int]:
+        """The blocks whose tokens the encoder returns, in group order."""
+        return list(self.select_layers) if self.select_layers is not None else [self.select_layer]
+
+    def group_names(self) -> list[str]:
+        """The token groups the encoder returns (known before it is built)."""
+        if self.select_layers is None:
+            return ["cls", "patches"]
+        return [f"{kind}_{index}" for index in range(len(self.select_layers)) for kind in ("cls", "patches")]
 
 
 class OpenCLIPVisionConfig(VisionEncoderConfig):

@@ -1,4 +1,5 @@
-"""Vision encoders as torch modules: frames `[F, 3, S, S]` -> tokens `[F, 1 + N, D]`, CLS first."""
+"""Vision encoders as torch modules: frames `[F, 3, S, S]` -> named token groups `{"cls": [F, 1, D], "patches":
+[F, N, D]}` from one block, or `cls_i` / `patches_i` from several (`select_layers`)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,43 @@ import torch
 from torch import nn
 
 from omnimm.deps import require
+from omnimm.videollm.groups import TokenGroup
 from omnimm.vision.configs import HFCLIPVisionConfig, OpenCLIPVisionConfig, TimmViTConfig, VisionEncoderConfig
 from omnimm.vision.preprocess import CLIP_MEAN, CLIP_STD, ImageTransform
 
 
+def image_transform(
+    config: VisionEncoderConfig,
+    size: int,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+) -> ImageTransform:
+    """The encoder's preprocessing as its config asks (resize rule, Valley's 256 -> 224 crop)."""
+    return ImageTransform(size, mean, std, resize=config.resize, resize_to=config.resize_to)  # type: ignore[arg-type]
+
+
 class VisionEncoder(nn.Module):
-    """Shared behaviour: shape checks, `out_dim`, `num_patches`, `preprocess`."""
+    """Shared behaviour: shape checks, `out_dim`, `num_patches`, `token_groups`, `preprocess`.
+
+    Subclasses implement `layer_tokens(frames) -> [(cls [F, 1, D], patches [F, N, D]) per selected block]`.
+    """
 
     config: VisionEncoderConfig
     out_dim: int
     num_patches: int
     image_size: int
     preprocess: ImageTransform
+
+    @property
+    def token_groups(self) -> dict[str, TokenGroup]:
+        """Tokens per frame of each group this encoder returns, in order."""
+        groups = {}
+        names = self.config.group_names()
+        for index, layer in enumerate(self.config.layers()):
+            cls_name, patches_name = names[2 * index], names[2 * index + 1]
+            groups[cls_name] = TokenGroup(1, self.out_dim, f"CLS token of block {layer}")
+            groups[patches_name] = TokenGroup(self.num_patches, self.out_dim, f"patch tokens of block {layer}")
+        return groups
 
     def _check(self, frames: torch.Tensor) -> None:
         size = self.image_size
@@ -32,12 +58,25 @@ class VisionEncoder(nn.Module):
                 f"(use its .preprocess), got {list(frames.shape)}"
             )
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         self._check(frames)
-        return self.tokens(frames)
+        names = iter(self.config.group_names())
+        groups = {}
+        for cls, patches in self.layer_tokens(frames):
+            groups[next(names)] = cls
+            groups[next(names)] = patches
+        return groups
 
-    def tokens(self, frames: torch.Tensor) -> torch.Tensor:
+    def layer_tokens(self, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
+
+    def _check_layers(self, depth: int) -> None:
+        for layer in self.config.layers():
+            if not -depth <= layer < depth:
+                raise ValueError(
+                    f"encoder '{self.config.name}': layer {layer} is out of range for a {depth}-block model "
+                    f"(use -{depth}..{depth - 1})"
+                )
 
 
 @contextmanager
@@ -81,19 +120,18 @@ class OpenCLIPVision(VisionEncoder):
         self.num_patches = int(grid[0] * grid[1])
         mean = getattr(self.visual, "image_mean", None) or CLIP_MEAN
         std = getattr(self.visual, "image_std", None) or CLIP_STD
-        self.preprocess = ImageTransform(self.image_size, tuple(mean), tuple(std), resize=config.resize)
+        self.preprocess = image_transform(config, self.image_size, tuple(mean), tuple(std))
+        self._check_layers(int(self.visual.transformer.layers))
 
-    def tokens(self, frames: torch.Tensor) -> torch.Tensor:
+    def layer_tokens(self, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        layers = self.config.layers()
         out = self.visual.forward_intermediates(
-            frames,
-            indices=[self.config.select_layer],
-            output_fmt="NLC",
-            intermediates_only=True,
-            output_extra_tokens=True,
+            frames, indices=layers, output_fmt="NLC", intermediates_only=True, output_extra_tokens=True
         )
-        patches = out["image_intermediates"][0]
-        cls = out["image_intermediates_prefix"][0]
-        return torch.cat([cls, patches], dim=1)
+        depth = int(self.visual.transformer.layers)
+        by_block = dict(zip(sorted({layer % depth for layer in layers}), range(len(layers)), strict=False))
+        picked = [by_block[layer % depth] for layer in layers]  # open_clip returns blocks in ascending order
+        return [(out["image_intermediates_prefix"][i], out["image_intermediates"][i]) for i in picked]
 
 
 class HFCLIPVision(VisionEncoder):
@@ -112,13 +150,18 @@ class HFCLIPVision(VisionEncoder):
         self.image_size = _square(vision.image_size)
         self.num_patches = (self.image_size // _square(vision.patch_size)) ** 2
         layers = int(vision.num_hidden_layers)
-        if not -layers <= config.select_layer <= layers:
-            raise ValueError(f"select_layer {config.select_layer} is out of range for a {layers}-layer model")
-        self.preprocess = ImageTransform(self.image_size, resize=config.resize)
+        for layer in config.layers():
+            if not -layers - 1 <= layer <= layers:
+                raise ValueError(
+                    f"encoder 'hf/clip-vision': layer {layer} is out of range for a {layers}-layer model "
+                    f"(hidden_states[0] is the embeddings; use -{layers + 1}..{layers})"
+                )
+        self.preprocess = image_transform(config, self.image_size)
 
-    def tokens(self, frames: torch.Tensor) -> torch.Tensor:
+    def layer_tokens(self, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = self.model(pixel_values=frames, output_hidden_states=True)
-        return out.hidden_states[self.config.select_layer]
+        states = [out.hidden_states[layer] for layer in self.config.layers()]
+        return [(state[:, :1], state[:, 1:]) for state in states]
 
 
 class TimmViT(VisionEncoder):
@@ -140,16 +183,15 @@ class TimmViT(VisionEncoder):
         self.num_patches = int(self.model.patch_embed.num_patches)
         self.image_size = _square(self.model.patch_embed.img_size)
         data = self.model.pretrained_cfg
-        self.preprocess = ImageTransform(
-            self.image_size, tuple(data.get("mean", CLIP_MEAN)), tuple(data.get("std", CLIP_STD)), resize=config.resize
-        )
+        mean, std = tuple(data.get("mean", CLIP_MEAN)), tuple(data.get("std", CLIP_STD))
+        self.preprocess = image_transform(config, self.image_size, mean, std)
+        self._check_layers(len(self.model.blocks))
 
-    def tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        patches, prefix = self.model.forward_intermediates(
-            frames,
-            indices=[self.config.select_layer],
-            return_prefix_tokens=True,
-            output_fmt="NLC",
-            intermediates_only=True,
-        )[0]
-        return torch.cat([prefix, patches], dim=1)
+    def layer_tokens(self, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        layers = self.config.layers()
+        out = self.model.forward_intermediates(
+            frames, indices=layers, return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True
+        )
+        depth = len(self.model.blocks)
+        by_block = dict(zip(sorted({layer % depth for layer in layers}), range(len(layers)), strict=False))
+        return [(out[by_block[layer % depth]][1], out[by_block[layer % depth]][0]) for layer in layers]

@@ -18,8 +18,9 @@ HALF = (0.5, 0.5, 0.5)
 class ImageTransform:
     """uint8 RGB frames `[F, H, W, 3]` -> float `[F, 3, size, size]`, the way CLIP-style encoders expect them.
 
-    `resize="shortest"` scales the shorter side to `size` and centre-crops (CLIP); `"squash"` resizes to
-    `size x size` directly. Interpolation is antialiased, so downscaling matches PIL closely.
+    `resize="shortest"` scales the shorter side to `resize_to` (default `size`) and centre-crops `size x size`
+    (CLIP; Valley scales to 256 and crops 224); `"squash"` resizes to `size x size` directly. Interpolation is
+    antialiased, so downscaling matches PIL closely.
     """
 
     size: int
@@ -27,6 +28,7 @@ class ImageTransform:
     std: tuple[float, float, float] = CLIP_STD
     resize: Literal["shortest", "squash"] = "shortest"
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    resize_to: int | None = None
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(
@@ -43,8 +45,9 @@ class ImageTransform:
         if self.resize == "squash":
             target = (self.size, self.size)
         else:
-            scale = self.size / min(height, width)
-            target = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
+            short = max(self.resize_to or self.size, self.size)
+            scale = short / min(height, width)
+            target = (max(short, round(height * scale)), max(short, round(width * scale)))
         if (height, width) != target:
             pixels = F.interpolate(pixels, size=target, mode=self.interpolation, align_corners=False, antialias=True)
         if self.resize == "shortest":
@@ -57,4 +60,5 @@ class ImageTransform:
         return (pixels - mean) / std
 
     def describe(self) -> dict[str, Any]:
-        return {"size": self.size, "mean": self.mean, "std": self.std, "resize": self.resize}
+        described = {"size": self.size, "mean": self.mean, "std": self.std, "resize": self.resize}
+        return {**described, "resize_to": self.resize_to} if self.resize_to else described
