@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +158,8 @@ def test_store_finds_what_brute_force_finds_and_round_trips(tmp_path: Path, kind
     found = store.search(queries, k=5)
     top = [ids.index(row[0].id) for row in found]
     hit_rate = np.mean(np.asarray(top) == truth[:, 0])
-    assert hit_rate == 1.0 if kind == "flat" else hit_rate >= 0.9
+    # nprobe 64 probes all of ivf's 51 lists, and hnsw with ef_search 256 on 2000 vectors measures 1.0 too
+    assert hit_rate == 1.0 if kind == "flat" else hit_rate >= 0.9, f"{kind}: top-1 hit rate {hit_rate:.2f}"
     if kind == "flat":
         scores = np.sort(queries @ vectors.T, axis=1)[:, ::-1][:, :5]
         assert np.allclose([[h.score for h in row] for row in found], scores, atol=1e-5)
@@ -251,34 +251,51 @@ def test_saves_keep_one_generation_and_stale_files_go(tmp_path: Path):
 # -- faults ---------------------------------------------------------------------------------------------------------
 
 SAVER = """
-import sys, numpy as np
+import os, sys, time, numpy as np
+from omnimm_plugins.haruhi import store as module
 from omnimm_plugins.haruhi.store import FaissMemory
+
+def stall(*args, **kwargs):  # the parent kills this process while it waits here, inside the save
+    print("stalled", flush=True)
+    time.sleep(600)
+
 store = FaissMemory.load(sys.argv[1])
 rng = np.random.default_rng(1)
-store.add(rng.standard_normal((200_000, 128), dtype=np.float32), [f"new {i}" for i in range(200_000)])
-print("saving", flush=True)
+store.add(rng.standard_normal((2000, 128), dtype=np.float32), [f"new {i}" for i in range(2000)])
+if sys.argv[2] == "writing":
+    os.fsync = stall  # the new index is written to its temporary file, not yet synced and renamed
+else:
+    module._sha256 = stall  # both new files are in place, the manifest still names the old ones
 store.save(sys.argv[1])
-print("saved", flush=True)
 """
 
 
-def test_a_process_killed_mid_save_leaves_the_old_store_loadable(tmp_path: Path):
+# Where the kill lands is decided by the child stalling at a known point, never by a sleep racing the disk.
+@pytest.mark.parametrize(
+    ("point", "left"),
+    [("writing", [".index-2.faiss.tmp"]), ("checksumming", ["index-2.faiss", "memories-2.jsonl"])],
+)
+def test_a_process_killed_mid_save_leaves_the_old_store_loadable(tmp_path: Path, point: str, left: list[str]):
     folder = tmp_path / "store"
     old = FaissMemory()
     old.add(unit(1000, 128), [f"old {i}" for i in range(1000)])
     old.save(folder)
-    child = subprocess.Popen([sys.executable, "-c", SAVER, str(folder)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    assert child.stdout.readline().strip() == "saving"
-    time.sleep(0.05)  # the save writes ~100 MB and checksums it: the kill lands inside it
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SAVER, str(folder), point], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert child.stdout.readline().strip() == "stalled"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+        child.stdout.close()
     assert child.returncode == -signal.SIGKILL
     leftovers = sorted(
         p.name for p in folder.iterdir() if p.name not in {"manifest.json", "index-1.faiss", "memories-1.jsonl"}
     )
-    assert leftovers and all(
-        name.startswith((".index-2", "index-2", ".memories-2", "memories-2")) for name in leftovers
-    )
+    assert leftovers == left
     loaded = FaissMemory.load(folder)
     assert len(loaded) == 1000 and loaded.search(unit(1, 128), k=1)[0][0].text.startswith("old ")
     loaded.add(unit(1, 128, seed=9), ["after the crash"])
@@ -603,8 +620,8 @@ def test_dense_and_bm25_retrieval_beat_random_on_a_real_character(minilm):
     task = held_out_task(turns, "JULIET", max_queries=40)
     results = evaluate_rankers(task, {"dense": dense_ranker(minilm), "bm25": bm25_ranker(), "random": random_ranker()})
     assert results["queries"] == 40
-    assert results["dense"]["recall@10"] > results["random"]["recall@10"] + 0.2
-    assert results["bm25"]["recall@10"] > results["random"]["recall@10"] + 0.2
+    recall = {name: results[name]["recall@10"] for name in ("dense", "bm25", "random")}  # about 0.55, 0.55, 0.125
+    assert recall["dense"] > recall["random"] + 0.2 and recall["bm25"] > recall["random"] + 0.2, recall
 
 
 def test_config_file_for_a_session_validates_with_field_paths(tmp_path: Path):

@@ -102,14 +102,14 @@ def test_loss_decreases_on_a_tiny_batch_with_reshape(simcse_reshape):
     optimizer = torch.optim.AdamW([{"params": encoder, "lr": 3e-5}, {"params": model.head_parameters(), "lr": 1e-3}])
     model.eval()  # without dropout each step is deterministic: plain gradient descent on one batch
     losses = []
-    for _ in range(15):
+    for _ in range(20):  # the first steps overshoot (0.22 -> 0.32); by step 20 the loss is about half the first
         out = model(**batch)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(out["loss"].item())
     model.train()
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], f"last / first loss {losses[-1] / losses[0]:.2f} (about 0.5): {losses}"
     assert set(out) == {"loss", "intra", "inter"}
 
 
@@ -226,7 +226,8 @@ def test_stsb_evaluator_scores_minilm_on_dev_rows_with_extra_fields():
     evaluator = evaluators.build({"name": "recse/stsb", "folder": str(SHARED / "data" / "stsb"), "split": "dev"})
     assert len(evaluator.pairs) == 1500
     scores = evaluator.evaluate(encoders.build({"name": "hf/sentence-encoder"}))
-    assert 0.8 < scores["spearman"] < 0.95 and scores["split"] == "dev"
+    assert 0.8 < scores["spearman"] < 0.95, f"dev Spearman {scores['spearman']:.3f} (MiniLM scores about 0.87)"
+    assert scores["split"] == "dev"
 
 
 # -- training, export, CLI ------------------------------------------------------------------------------------------

@@ -128,8 +128,9 @@ def test_classifier_learns_saves_and_loads(classifier, tmp_path):
     pairs, labels, types = synthetic_pairs(200, seed=1)
     features = extract(pairs, workers=1)
     probabilities = classifier.predict_proba(features, types)
-    assert ((probabilities >= classifier.threshold) == labels).mean() > 0.9
-    assert classifier.metrics["cv_auc"] > 0.9 and 0 < classifier.threshold < 1
+    accuracy = ((probabilities >= classifier.threshold) == labels).mean()
+    assert accuracy > 0.9, f"held-out accuracy {accuracy:.3f} (about 0.99 on this separable toy task)"
+    assert classifier.metrics["cv_auc"] > 0.9 and 0 < classifier.threshold < 1, classifier.metrics
     folder = classifier.save(tmp_path / "model")
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.txt"]
     assert (folder / "model.txt").read_text().startswith("tree")  # LightGBM's text format
@@ -185,13 +186,15 @@ def test_t_tests_match_scipy():
 
 
 def test_equivalence_needs_evidence_not_just_no_difference():
-    rng = np.random.default_rng(1)
-    tight = one_sample_test(rng.normal(0.0, 0.01, 50), margin=0.05)
-    assert tight.equivalent and not tight.significant
-    noisy = one_sample_test(rng.normal(0.0, 0.5, 5), margin=0.05)
-    assert not noisy.equivalent and not noisy.significant  # "no difference found" is not "the same"
-    shifted = one_sample_test(rng.normal(-0.2, 0.02, 30), margin=0.05)
-    assert shifted.significant and not shifted.equivalent
+    # Fixed samples with mean exactly 0 or -0.2, each far from its decision boundaries (random draws put a
+    # "not significant" on a 5% coin flip).
+    spread = np.tile([-1.0, 1.0], 25)
+    tight = one_sample_test(0.01 * spread, margin=0.05)  # 95% CI about +-0.003
+    assert tight.equivalent and not tight.significant, tight
+    noisy = one_sample_test(np.array([-0.6, 0.5, -0.3, 0.6, -0.2]), margin=0.05)  # 95% CI about +-0.65
+    assert not noisy.equivalent and not noisy.significant, noisy  # "no difference found" is not "the same"
+    shifted = one_sample_test(-0.2 + 0.02 * spread[:30], margin=0.05)  # 95% CI about -0.2 +- 0.008
+    assert shifted.significant and not shifted.equivalent, shifted
     constant = one_sample_test(np.zeros(10))
     assert constant.equivalent and constant.p_value == 1.0
     with pytest.raises(ValueError, match="at least 2"):
@@ -277,6 +280,34 @@ def load(folder, **options):
     return llms.build({"name": "hf/causal-lm", "path": str(folder), **options})
 
 
+# Noise of 1 x each weight tensor's own standard deviation turns the tiny model's sentences into byte soup: the gate's
+# mean cross-minus-within difference is about -0.8 with greedy decoding and -0.5 with sampling, against a margin of
+# 0.05 (a scale of 0.3 lands right at the margin, about -0.05, and a verdict there is a coin flip).
+DAMAGE = 1.0
+
+
+def effect(test) -> str:
+    """The gate's effect size next to its margin, for assertion messages."""
+    if test is None:
+        return "no test: too few prompts in common"
+    return (
+        f"mean difference {test['mean_difference']:+.4f}, {1 - test['alpha']:.0%} CI "
+        f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}], margin {test['margin']}"
+    )
+
+
+def assert_clearly_worse(test) -> None:
+    """FAIL paths: the whole confidence interval lies more than three margins below zero."""
+    assert test is not None, effect(test)
+    assert test["ci_high"] < -3 * test["margin"], f"the damage should be obvious: {effect(test)}"
+
+
+def assert_clearly_same(test) -> None:
+    """PASS paths: the whole confidence interval lies within a quarter of the margin."""
+    assert test is not None, effect(test)
+    assert max(-test["ci_low"], test["ci_high"]) < test["margin"] / 4, f"the stages should match: {effect(test)}"
+
+
 def as_stage(rows, name):
     stage = StageResponses(name)
     for row in rows:
@@ -300,14 +331,16 @@ def test_the_same_weights_saved_and_reloaded_pass(trained_lm, greedy_a, gate, tm
     result = gate.evaluate(
         as_stage(greedy_a, "a"), as_stage(respond(load(tmp_path / "copy"), PROMPTS, max_new_tokens=40), "b")
     )
+    assert_clearly_same(result.comparison.to_dict())
     assert result.verdict == "PASS", result.reason
     assert greedy_a[0]["response"].startswith("eats")  # the model really learnt something
 
 
 def test_a_perturbed_checkpoint_fails(trained_lm, greedy_a, gate):
     damaged = load(trained_lm)
-    perturb(damaged, 0.3)
+    perturb(damaged, DAMAGE)
     result = gate.evaluate(as_stage(greedy_a, "a"), as_stage(respond(damaged, PROMPTS, max_new_tokens=40), "b"))
+    assert_clearly_worse(result.comparison.to_dict())
     assert result.verdict == "FAIL", result.reason
     assert result.least_consistent and result.least_consistent[0]["score"] < 0.5
 
@@ -315,17 +348,22 @@ def test_a_perturbed_checkpoint_fails(trained_lm, greedy_a, gate):
 def test_a_different_decoding_config_fails(trained_lm, greedy_a, gate):
     hot = respond(load(trained_lm), PROMPTS, do_sample=True, temperature=2.5, max_new_tokens=40, seed=3)
     result = gate.evaluate(as_stage(greedy_a, "a"), as_stage(hot, "b"))
+    assert_clearly_worse(result.comparison.to_dict())
     assert result.verdict == "FAIL", result.reason
 
 
 def test_sampled_stages_compare_within_and_across(trained_lm, gate):
     a = respond(load(trained_lm), PROMPTS, samples=4, do_sample=True, temperature=0.7, seed=1, max_new_tokens=40)
     same = respond(load(trained_lm), PROMPTS, samples=4, do_sample=True, temperature=0.7, seed=2, max_new_tokens=40)
-    assert gate.evaluate(as_stage(a, "a"), as_stage(same, "b")).verdict == "PASS"
+    result = gate.evaluate(as_stage(a, "a"), as_stage(same, "b"))
+    assert_clearly_same(result.comparison.to_dict())
+    assert result.verdict == "PASS", result.reason
     damaged = load(trained_lm)
-    perturb(damaged, 0.3)
+    perturb(damaged, DAMAGE)
     worse = respond(damaged, PROMPTS, samples=4, do_sample=True, temperature=0.7, seed=2, max_new_tokens=40)
-    assert gate.evaluate(as_stage(a, "a"), as_stage(worse, "b")).verdict == "FAIL"
+    result = gate.evaluate(as_stage(a, "a"), as_stage(worse, "b"))
+    assert_clearly_worse(result.comparison.to_dict())
+    assert result.verdict == "FAIL", result.reason
 
 
 def test_too_few_prompts_are_inconclusive_and_missing_ones_listed(greedy_a, gate):
@@ -345,14 +383,17 @@ def test_gate_config_checks():
 def test_cli_exit_codes_and_reports(cli, trained_lm, greedy_a, tmp_path):
     a = write_responses(tmp_path / "a.jsonl", greedy_a)
     damaged = load(trained_lm)
-    perturb(damaged, 0.3)
+    perturb(damaged, DAMAGE)
     b = write_responses(tmp_path / "b.jsonl", respond(damaged, PROMPTS, max_new_tokens=40)[:-1])
     result = cli("simct", "gate", a, a, "--report", tmp_path / "same")
     assert result.returncode == 0 and result.stdout.startswith("PASS: "), result.output
+    assert_clearly_same(json.loads((tmp_path / "same" / "report.json").read_text())["test"])
     result = cli("simct", "gate", a, b, "--report", tmp_path / "report")
+    assert (tmp_path / "report" / "report.json").is_file(), result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert_clearly_worse(report["test"])
     assert result.returncode == 1 and result.stdout.startswith("FAIL: "), result.output
     assert f"warning: prompt only in {a}: 'the white duck'" in result.stderr  # listed, not dropped silently
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["verdict"] == "FAIL" and report["only_in_a"] == ["the white duck"]
     assert report["test"]["significant"] is True and len(report["least_consistent"]) == 10
     page = (tmp_path / "report" / "report.html").read_text()
