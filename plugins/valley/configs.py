@@ -89,4 +89,4 @@ class ShapesDataConfig(ComponentConfig):
     limit: int | None = Field(None, ge=1)
     """Use only the first `limit` clips."""
     cache: bool = True
-    """Keep decoded clips in memory after their first read."""
+    """Keep decoded clips and their preprocessed frames in memory after their first read."""

@@ -221,4 +221,5 @@ class ConversationDataConfig(ComponentConfig):
     limit: int | None = Field(None, ge=1)
     """Use only the first `limit` records."""
     cache: bool = False
-    """Keep decoded clips in memory after their first read (small datasets, many epochs)."""
+    """Keep decoded clips and their preprocessed frames in memory after their first read (small datasets, many
+    epochs; preprocessing must be deterministic, as every encoder's own is)."""

@@ -37,6 +37,7 @@ class MediaDataset(Dataset[Example]):
         self.truncated: dict[int, int] = {}
         self.short_clips: dict[str, int] = {}
         self.cache: dict[str, VideoClip] | None = {} if cache else None
+        self._pixels: dict[str, dict[str, Any]] = {}  # preprocessed frames of cached clips
 
     def item(self, index: int) -> tuple[str | None, Sequence[tuple[str, str]]]:
         raise NotImplementedError
@@ -51,7 +52,7 @@ class MediaDataset(Dataset[Example]):
             media, turns = self.item(position)
             try:
                 clip = self._read(media) if media is not None else None
-                example = self.processor.encode(turns, clip)
+                example = self.processor.encode(turns, clip, pixel_values=self._pixel_values(media, clip))
             except MediaError as error:
                 self._skip(error.path, error.reason)
                 continue
@@ -72,6 +73,14 @@ class MediaDataset(Dataset[Example]):
             f"{type(self).__name__}[{index}]",
             f"no usable item in {_MAX_ATTEMPTS} consecutive items (unreadable media or too long); check the data",
         )
+
+    def _pixel_values(self, media: str | None, clip: VideoClip | None) -> dict[str, Any] | None:
+        """A cached clip's preprocessed frames, computed once (preprocessing is deterministic)."""
+        if self.cache is None or media is None or clip is None:
+            return None
+        if media not in self._pixels:
+            self._pixels[media] = self.processor.pixels(clip)
+        return self._pixels[media]
 
     def _read(self, media: str) -> VideoClip:
         if self.cache is not None and media in self.cache:

@@ -74,7 +74,7 @@ class VideoLLM(nn.Module):
         self.visual_token_id = self.layout.marker_id
         self.delimiters = None
         if self.layout.delimiters:
-            mean = self.llm.embed_weight().detach().float().mean(dim=0)  # Valley/LLaVA initialise new tokens so
+            mean = self.llm.embed_weight().detach().float().mean(dim=0)  # as Valley/LLaVA initialise new tokens
             self.delimiters = nn.Parameter(mean.repeat(len(self.layout.delimiters), 1).to(self.llm.embed_weight()))
         self.template = templates.get(config.template)
         self.max_length = config.max_length or self.llm.max_positions()
@@ -89,9 +89,9 @@ class VideoLLM(nn.Module):
             ignored_ids=self.layout.all_ids(),
             max_length=self.max_length,
         )
-        if config.lora is not None:
-            self.add_lora(**config.lora.model_dump(exclude={"merge"}))
         self.requires_grad_(True)
+        if config.lora is not None:  # peft leaves only the adapters trainable in the LLM
+            self.add_lora(**config.lora.model_dump(exclude={"merge"}))
         parts = self.parts()
         for pattern in config.freeze:
             for name in fnmatch.filter(parts, pattern):
@@ -158,8 +158,8 @@ class VideoLLM(nn.Module):
     def connect(
         self, pixel_values: Mapping[str, Sequence[Any]]
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor], dict[str, Any]]:
-        """Per sample, the connector's output groups `{group: [K_g, hidden]}`; plus its auxiliary losses (averaged
-        over the samples) and statistics."""
+        """Per sample, the connector's output groups `{group: [K_g, hidden]}`; plus its auxiliary losses and numeric
+        statistics, averaged over the samples (clips of different lengths go through the connector separately)."""
         samples = self.encode_frames(pixel_values)
         by_length: dict[int, list[int]] = {}  # clips with the same frame count go through the connector together
         for index, (groups, _) in enumerate(samples):
@@ -175,7 +175,9 @@ class VideoLLM(nn.Module):
             share = len(indices) / len(samples)
             for name, value in out.losses.items():
                 losses[name] = losses.get(name, 0) + value * share
-            stats.update(out.stats)
+            for name, value in out.stats.items():  # numbers averaged over the clips, as the losses
+                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+                stats[name] = stats.get(name, 0.0) + float(value) * share if numeric else value
             for position, index in enumerate(indices):
                 outputs[index] = {name: tokens[position] for name, tokens in out.tokens.items()}
         return [outputs[i] for i in range(len(samples))], losses, stats

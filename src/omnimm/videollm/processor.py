@@ -110,10 +110,12 @@ class VideoLLMProcessor:
         clip: VideoClip | None = None,
         *,
         for_generation: bool = False,
+        pixel_values: dict[str, Any] | None = None,
     ) -> Example:
         """Tokenise a conversation (`(role, text)` turns); labels mark only the assistant's words (and the EOS).
 
-        With `for_generation`, the prompt ends with the assistant prefix and labels are all ignored. Visual and
+        With `for_generation`, the prompt ends with the assistant prefix and labels are all ignored. `pixel_values`
+        (what `pixels(clip)` gave before) skips preprocessing the clip again. Visual and
         delimiter positions never carry a label, wherever the marker sits. A training example longer than
         `max_length` is cut from the end (`example.cut` says by how much); one whose visual tokens would be cut, or
         a prompt for generation that is too long, raises `TooLongError`.
@@ -138,7 +140,10 @@ class VideoLLMProcessor:
         cut = self._overflow(ids, for_generation)
         if cut:
             ids, labels = ids[:-cut], labels[:-cut]
-        pixel_values = self.pixels(clip) if clip is not None else {}
+        if clip is None:
+            pixel_values = {}
+        elif pixel_values is None:
+            pixel_values = self.pixels(clip)
         return Example(ids, labels, pixel_values, clip, cut)
 
     def _overflow(self, ids: list[int], for_generation: bool) -> int:
