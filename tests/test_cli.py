@@ -44,7 +44,7 @@ def test_validate_reports_a_typo_with_path_line_and_suggestion(cli):
         "configs/typo.yaml: 1 config error in RunConfig",
         "  configs/typo.yaml:5: model.encoders.image.name: unknown encoder 'omnimm/tiny-vt' "
         "(did you mean 'omnimm/tiny-vit'?); available encoders: "
-        "hf/clip-vision, hf/sentence-encoder, omnimm/tiny-vit, openclip/vit, timm/vit",
+        "favchat/face, hf/clip-vision, hf/sentence-encoder, omnimm/tiny-vit, openclip/vit, timm/vit",
     ]
 
 

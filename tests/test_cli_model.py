@@ -144,11 +144,30 @@ def test_eval_writes_predictions_and_metrics(cli, saved_model, shapes, tmp_path)
         (["eval", "{model}", "--data", "{tmp}/latin1.json", "-e", "omnimm/choice-accuracy"], "not UTF-8"),
         (["eval", "{model}", "--data", "{tmp}/list.json", "-e", "omnimm/choice-acuracy"], "did you mean"),
         (["train", "{tmp}/latin1.json"], "latin1.json"),
+        (["eval", "{model}", "--data", "{tmp}/list.json", "-e", "simct/gate"], "does not score a model's answers"),
+        (["eval", "{model}", "--data", "{tmp}/object.json", "-e", "omnimm/choice-accuracy"], "a mapping without"),
+        (["ask", "{tmp}/no-llm", "{tmp}/clip.mkv", "what?"], "not a complete saved model"),
+        (["ask", "{tmp}/bad-weights", "{tmp}/clip.mkv", "what?"], "not a readable safetensors file"),
+        (["ask", "{tmp}/not-video", "{tmp}/clip.mkv", "what?"], "is not a video LLM"),
     ],
 )
 def test_bad_input_gives_one_line(cli, saved_model, tmp_path, args, expected):
+    import shutil
+
     write_test_video(tmp_path / "clip.mkv", frames=4)
     (tmp_path / "nothing").mkdir()
+    (tmp_path / "object.json").write_text('{"records": []}')
+    shutil.copytree(saved_model, tmp_path / "no-llm")
+    shutil.rmtree(tmp_path / "no-llm" / "llm")
+    shutil.copytree(saved_model, tmp_path / "bad-weights")
+    weights = tmp_path / "bad-weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a save cut short
+    (tmp_path / "not-video").mkdir()
+    (tmp_path / "not-video" / "config.json").write_text(
+        json.dumps(
+            {"omnimm": {"name": "omnimm/multimodal-encoder", "encoders": {"image": {"name": "omnimm/tiny-vit"}}}}
+        )
+    )
     (tmp_path / "latin1.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
     (tmp_path / "list.json").write_text("[]")
     filled = [a.format(tmp=tmp_path, model=saved_model) for a in args]

@@ -67,7 +67,7 @@ def test_packaged_configs_validate_and_name_real_parts():
 def test_a_misspelt_detector_is_a_config_error_with_the_field():
     from omnimm import ConfigError, encoders
 
-    with pytest.raises(ConfigError, match=r"detector.name: unknown face_detector 'favchat/yunett'.*favchat/yunet"):
+    with pytest.raises(ConfigError, match=r"detector.name: unknown face detector 'favchat/yunett'.*favchat/yunet"):
         encoders.validate({"name": "favchat/face", "detector": {"name": "favchat/yunett"}})
 
 
@@ -139,15 +139,15 @@ def test_the_feature_cache_runs_the_face_network_once_per_face(faces):
 
 @requires_shared
 def test_faces_command_through_the_demo_model(cli):
-    result = cli("favchat", "faces", SHARED / "data" / "faces" / "obama.jpg", "--config", "favchat:demo")
+    result = cli("favchat", "faces", SHARED / "data" / "faces" / "obama.jpg", "--config", "favchat:inspect")
     assert result.returncode == 0, result.output
     lines = result.stdout.splitlines()
     assert (
         lines[0].startswith("frame 0 t=0.00s box=")
         and lines[1] == f"1 face(s) in 1 frame(s) of {SHARED / 'data' / 'faces' / 'obama.jpg'}"
     )
-    assert "face.stage3: [1, 1, 1, 512] from aligned crops" in result.stdout
-    assert "connector (favchat/moe-adapter) -> face: [1, 3, 128]" in result.stdout
+    assert "face.stage3: [1, 1, 4, 512] from aligned crops" in result.stdout  # 1 clip, 1 frame, 2 x 2 tokens
+    assert "connector (favchat/moe-adapter) -> face: [1, 13, 64]" in result.stdout  # 3 levels x 4 + the embedding
 
 
 def test_demo_quick_run_prints_accuracy_per_question(cli, tmp_path):
@@ -159,3 +159,14 @@ def test_demo_quick_run_prints_accuracy_per_question(cli, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "demo" / "faces" / "train.jsonl").read_text().splitlines()]
     assert records[0]["attributes"]["emotion"][0]["emotion"] in ("neutral", "happy", "sadness", "surprise")
     assert (tmp_path / "demo" / "runs" / "favchat" / "eval" / "metrics.json").is_file()
+
+
+def test_the_demo_intervals_are_wilson_intervals():
+    from scipy.stats import binomtest
+
+    from omnimm_plugins.favchat.cli import wilson_interval
+
+    for successes, trials in [(35, 60), (0, 60), (60, 60), (7, 12)]:
+        reference = binomtest(successes, trials).proportion_ci(method="wilson")
+        ours = wilson_interval(successes / trials, trials)
+        assert ours == pytest.approx((reference.low, reference.high), abs=1e-9)

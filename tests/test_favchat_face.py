@@ -185,7 +185,7 @@ def test_detector_configs_are_light_and_validate_names():
     assert result.stdout.strip() == "[]"
     assert detector_config("yunet") == YuNetConfig()
     assert FaceEncoderConfig(detector={"name": "retinaface", "score_threshold": 0.95}).detector.score_threshold == 0.95
-    with pytest.raises(ValueError, match="unknown face detector"):
+    with pytest.raises(ValueError, match=r"unknown face detector 'favchat/haar'"):
         detector_config("haar")
     with pytest.raises(ValueError, match="model"):
         SCRFDConfig()

@@ -447,7 +447,7 @@ def test_a_two_encoder_video_llm_trains_through_the_mixture(word_tokenizer, tmp_
     aux = out["aux_losses"]
     assert set(aux) == {"balance", "z"} and aux["balance"] > 0 and aux["z"] > 0
     assert torch.allclose(out["loss"], out["lm_loss"] + 0.01 * aux["balance"] + 0.001 * aux["z"])
-    assert model.last_connector_stats["routed_tokens"] == 2 * (19 + 12)
+    assert out["connector_stats"]["routed_tokens"] == 2 * (19 + 12)
     out["loss"].backward()
     for part in ("connector.router", "connector.experts", "connector.scene", "connector.level_embeddings"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parts()[part].parameters()), part

@@ -158,7 +158,7 @@ def test_demo_quick_run_prints_accuracy_per_question_type(cli, tmp_path):
 
 @requires_shared
 def test_video_inspect_on_a_real_video(cli):
-    result = cli("video", "inspect", SHARED / "data" / "video" / "flipping_a_pancake.mkv")
+    result = cli("video", "inspect", SHARED / "data" / "video" / "flipping_a_pancake.mkv", "--config", "valley:inspect")
     assert result.returncode == 0, result.output
     assert "8 frames sampled (num_frames=8)" in result.stdout
     assert "│ 7 │         309 │   10.300 │" in result.stdout
@@ -170,7 +170,7 @@ def test_video_inspect_on_a_real_video(cli):
 
 @requires_shared
 def test_video_inspect_on_a_corrupted_video_fails_in_one_line(cli):
-    result = cli("video", "inspect", SHARED / "data" / "video" / "corrupted.mp4")
+    result = cli("video", "inspect", SHARED / "data" / "video" / "corrupted.mp4", "-c", "valley:inspect")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {SHARED / 'data' / 'video' / 'corrupted.mp4'}: cannot decode video (Invalid data found when "

@@ -75,7 +75,7 @@ def test_forward_backward_and_masked_scatter(model, clip_file):
     assert out["logits"].shape[:2] == batch["input_ids"].shape and out["loss"].requires_grad
     out["loss"].backward()
     assert model.connector.projector.layers[0].weight.grad.abs().sum() > 0
-    embeds, _ = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
+    embeds, _, _ = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
     features, _, _ = model.connect(batch["pixel_values"])
     placeholders = batch["input_ids"][0] == model.visual_token_id
     assert torch.equal(embeds[0][placeholders], features[0]["video"])  # the visual tokens sit at the placeholders
@@ -236,8 +236,10 @@ def test_text_only_and_video_samples_share_a_batch(model, clip_file):
     assert torch.isfinite(out["loss"])
     alone = model(**processor.collate([video]))  # the video row gets the same visual tokens as on its own
     row = batch["input_ids"][1] == model.visual_token_id
-    embeds, _ = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
-    single, _ = model.inputs_embeds(processor.collate([video])["input_ids"], processor.collate([video])["pixel_values"])
+    embeds, _, _ = model.inputs_embeds(batch["input_ids"], batch["pixel_values"])
+    single, _, _ = model.inputs_embeds(
+        processor.collate([video])["input_ids"], processor.collate([video])["pixel_values"]
+    )
     assert torch.allclose(embeds[1][row], single[0][row[: single.shape[1]]])
     assert torch.isfinite(alone["loss"])
 
@@ -324,3 +326,42 @@ def test_lora_adapters_saved_unmerged_come_back(model, clip_file, tmp_path):
     assert model.config.lora is None
     with torch.no_grad():
         assert torch.allclose(model(**batch)["logits"], reloaded(**batch)["logits"], atol=1e-5)
+
+
+def test_layout_tokens_must_be_tokens_of_their_own(word_tokenizer):
+    with pytest.raises(ValueError, match=r"visual_groups: \['red'\] are ordinary tokens of the tokenizer"):
+        models.build(video_llm_config(word_tokenizer, visual_groups={"video": {"start": "red"}}))
+    with pytest.raises(ValueError, match=r"each group needs its own placeholder and delimiters; \['<video>'\] repeat"):
+        models.build(video_llm_config(word_tokenizer, visual_groups={"video": {"start": "<video>"}}))
+    with pytest.raises(ValueError, match=r"visual_groups: visual_groups names \['temporal'\]"):
+        models.build(video_llm_config(word_tokenizer, visual_groups={"temporal": {"start": "<a>"}}))
+
+
+def test_an_example_cut_down_to_no_answer_is_too_long(word_tokenizer, tmp_path):
+    from omnimm.videollm.processor import TooLongError
+
+    torch.manual_seed(0)
+    model = models.build(video_llm_config(word_tokenizer, max_length=56))
+    clip = model.processor.read(write_test_video(tmp_path / "clip.mkv", frames=4))
+    with pytest.raises(TooLongError, match="keeps none of its answer tokens"):
+        model.processor.encode([("user", "what colour is it ? describe the video ."), ("assistant", "red")], clip)
+
+
+def test_decode_cuts_at_the_stop_string_in_the_text_too(model):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tokenizer_models
+    from transformers import PreTrainedTokenizerFast
+
+    # A tokenizer that merges the stop string into the word before it, as SentencePiece models do ("▁red###"):
+    # there are no stop tokens to find among the ids, but the text has the stop string.
+    vocab = {"<unk>": 0, "red###": 1, "###": 2, "human:": 3, "red": 4}
+    merged = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
+    merged.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    merged.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    real = model.llm.tokenizer
+    model.llm.tokenizer = PreTrainedTokenizerFast(tokenizer_object=merged, unk_token="<unk>")
+    try:
+        assert model._stop_sequence() == [2]
+        assert model.decode([1, 3]) == "red"
+    finally:
+        model.llm.tokenizer = real

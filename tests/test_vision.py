@@ -53,14 +53,16 @@ def test_select_layer_matches_hf_hidden_states():
     assert torch.equal(joined(last(pixels)), hidden[-1])
     several = build("hf/clip-vision", select_layers=[-1, 1])(pixels)
     assert list(several) == ["cls_0", "patches_0", "cls_1", "patches_1"]
-    assert torch.equal(torch.cat([several["cls_1"], several["patches_1"]], dim=1), hidden[1])
+    assert torch.equal(torch.cat([several["cls_1"], several["patches_1"]], dim=1), hidden[2])  # block 1 (from 0)
+    with pytest.raises(ValueError, match="layer 3 is out of range for a 3-block model"):
+        build("hf/clip-vision", select_layer=3)
 
 
 def joined(groups):
     return torch.cat([groups["cls"], groups["patches"]], dim=1)
 
 
-@pytest.mark.parametrize("name", ["openclip/vit", "timm/vit"])
+@pytest.mark.parametrize("name", sorted(TINY))
 def test_several_layers_come_in_the_order_listed(name):
     pixels = torch.randn(2, 3, 32, 32)
     several = build(name, select_layers=[-1, 0])(pixels)

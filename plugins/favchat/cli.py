@@ -9,6 +9,16 @@ import typer
 
 from omnimm_plugins.favchat.face.cli import faces_command
 
+
+def wilson_interval(share: float, count: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `share` of `count` trials (95% by default)."""
+    if count == 0:
+        return 0.0, 1.0
+    centre = (share + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * ((share * (1 - share) / count + z * z / (4 * count * count)) ** 0.5) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 favchat_app = typer.Typer(help="Facial video understanding: faces in images and videos.", no_args_is_help=True)
 favchat_app.command("faces")(faces_command)
 
@@ -40,9 +50,13 @@ def demo_favchat(
     first = next(iter(result.accuracy.values()))
     for kind, scores in first.items():
         row = [kind, f"{scores['chance']:.0%}"]
-        row += [f"{result.accuracy[label][kind]['accuracy']:.0%}" for label in result.accuracy]
+        for label in result.accuracy:
+            cell = result.accuracy[label][kind]
+            low, high = wilson_interval(cell["accuracy"], cell["n"])
+            row.append(f"{cell['accuracy']:.0%} ({low:.0%}-{high:.0%})")
         table.add_row(*row)
     console.print(table)
+    console.print(f"{first[next(iter(first))]['n']} held-out clips per question; 95% Wilson intervals", markup=False)
     for label, lines in result.notes.items():
         for line in lines:
             console.print(f"{label}: {line}", markup=False)

@@ -62,7 +62,7 @@ def prepare(workdir: Path, *, quick: bool = False) -> None:
     from omnimm.llm.tokenizer import train_word_tokenizer
     from omnimm_plugins.favchat.synthetic import corpus, generate_faces
 
-    generate_faces(workdir / "faces", train=60 if quick else 320, test=20 if quick else 80)
+    generate_faces(workdir / "faces", train=60 if quick else 240, test=20 if quick else 60)
     texts = [LLAVA_V0.prompt([("user", "<video>\nquestion")]), *corpus()]
     tokens = ["<video>", "<face_start>", "<face_end>"]
     train_word_tokenizer(texts, extra_tokens=tokens).save_pretrained(workdir / "tokenizer")
@@ -150,7 +150,7 @@ def routing(model: Any, workdir: Path, batch_size: int = 16) -> str:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(videos), batch_size):
-            clips = [model.processor.pixels(data._read(v)) for v in videos[start : start + batch_size]]
+            clips = [model.processor.pixels(data.read_clip(v)) for v in videos[start : start + batch_size]]
             _, _, stats = model.connect({key: [clip[key] for clip in clips] for key in clips[0]})
             experts = sorted(k for k in stats if k.startswith("load_e"))
             loads.append([float(stats[k]) for k in experts])

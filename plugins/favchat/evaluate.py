@@ -201,6 +201,8 @@ class EmotionEvaluator:
     `excluded`. An unparsed reply is wrong: it lowers WAR and the recall of its true class.
     """
 
+    scores_answers = True
+
     def __init__(self, config: EmotionEvalConfig | None = None) -> None:
         self.config = config or EmotionEvalConfig()
         self.key = _key(self.config, "favchat/emotion")
@@ -313,6 +315,8 @@ class AttributeEvaluator:
     reference cannot be read is left out and counted in `excluded`.
     """
 
+    scores_answers = True
+
     def __init__(self, config: AttributeEvalConfig | None = None) -> None:
         self.config = config or AttributeEvalConfig()
         self.key = _key(self.config, "favchat/attributes")
@@ -384,6 +388,8 @@ class CaptionEvaluator:
     - METEOR: NLTK's METEOR formula (alpha 0.9, beta 3, gamma 0.5) with exact and Porter-stem matches but no
       WordNet synonym stage, per item on lower-cased words, averaged; it is at most NLTK's full METEOR.
     """
+
+    scores_answers = True
 
     def __init__(self, config: CaptionEvalConfig | None = None) -> None:
         self.config = config or CaptionEvalConfig()

@@ -15,7 +15,7 @@ _FACE = f"{_PACKAGE}.face"
 @hookimpl
 def omnimm_register(registries: Registries) -> None:
     detectors = registries.new(
-        "face_detector", "face_detectors", description="Face detectors giving boxes, scores and five landmarks."
+        "face detector", "face_detectors", description="Face detectors giving boxes, scores and five landmarks."
     )
     for name, detector, config in [
         ("favchat/yunet", "YuNetDetector", "YuNetConfig"),

@@ -316,10 +316,8 @@ def _token_table(model: Any, frames: int | None = None) -> Any:
     table.add_row(
         "into the LLM", "with delimiters", str(visual), "", f"all frame tokens: {frames * model.frame_tokens}"
     )
-    stats = getattr(model.connector, "describe", None)
-    if callable(stats):
-        for line in stats():
-            table.add_row("", "connector", "", "", escape(line))
+    for line in model.connector.describe():
+        table.add_row("", "connector", "", "", escape(line))
     return table
 
 
@@ -360,9 +358,10 @@ def video_inspect(
         typer.Option(
             "--config",
             "-c",
-            help="A video LLM config: a run file (its model), a model file, a saved model folder, or plugin:name.",
+            help="A video LLM config: a run file (its model), a model file, a saved model folder, or plugin:name "
+            "(e.g. valley:inspect, a small random model).",
         ),
-    ] = "valley:inspect",
+    ],
     question: Annotated[str, typer.Option(help="A prompt, to count text tokens.")] = "What happens in the video?",
 ) -> None:
     """Frames sampled (indices, timestamps, repeats), each stage's tensor shapes, and the tokens that reach the
@@ -425,7 +424,9 @@ def _model_config(source: str) -> Any:
 
     folder = Path(source)
     if folder.is_dir():
-        return _load_model(folder).config
+        from omnimm.videollm.model import saved_config
+
+        return saved_config(_model_folder(folder))
     config = load_config(source)
     if isinstance(config, RunConfig):
         return config.model
@@ -491,6 +492,12 @@ def ask_command(
         raise typer.Exit(2)
     model = _load_model(model_path).eval()
     clip = model.processor.read(video)
+    if clip.repeated:
+        stderr.print(
+            f"warning: {len(clip.repeated)} of {clip.num_frames} sampled frames repeat the one before: {video} has "
+            f"fewer frames ({clip.total_frames}) than the model samples",
+            markup=False,
+        )
     options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     if temperature > 0:
         options.update(do_sample=True, temperature=temperature)
@@ -576,10 +583,20 @@ def _evaluator(spec: str) -> Any:
     from omnimm.registry import evaluators
 
     config = load_config(spec, into="evaluators") if spec.endswith((".yaml", ".yml", ".json")) else spec
-    built = evaluators.build(config)
-    if not callable(getattr(built, "evaluate", None)):
-        raise ValueError(f"evaluator '{spec}' does not score answers (it has no evaluate(predictions))")
-    return built
+    name = config if isinstance(config, str) else config.name
+    if not getattr(evaluators.get(name), "scores_answers", False):
+        answering = [n for n in evaluators.names() if _scores_answers(evaluators, n)]
+        raise ValueError(
+            f"evaluator '{name}' does not score a model's answers; the ones that do: {', '.join(answering)}"
+        )
+    return evaluators.build(config)
+
+
+def _scores_answers(registry: Any, name: str) -> bool:
+    try:
+        return bool(getattr(registry.get(name), "scores_answers", False))
+    except ImportError:  # its plugin's dependencies are missing: not one to suggest
+        return False
 
 
 def _dataset_config(data: str) -> Any:
@@ -592,6 +609,11 @@ def _dataset_config(data: str) -> Any:
         parsed, _ = read_config_file(path)
         if isinstance(parsed, list):
             return {"name": "omnimm/conversations", "path": str(path)}
+        if isinstance(parsed, dict) and "name" not in parsed:
+            raise ValueError(
+                f"{path}: --data takes a dataset config (a mapping with 'name') or a conversations file (a JSON "
+                f"list, or JSON Lines); this is a mapping without 'name'"
+            )
     return load_config(data, into="datasets")
 
 
@@ -632,7 +654,7 @@ def get_app() -> typer.Typer:
     return app
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError, ImportError, RuntimeError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError, ImportError, RuntimeError)
 """What bad input raises (omnimm's own errors subclass these; pydantic's ValidationError and UnicodeDecodeError
 are ValueErrors, transformers' loading errors OSErrors or ValueErrors): one line, no traceback."""
 

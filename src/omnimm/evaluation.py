@@ -54,7 +54,10 @@ class Prediction:
 
 
 class AnswerEvaluator(Protocol):
-    """What `omnimm eval` needs of an evaluator."""
+    """What `omnimm eval` needs of an evaluator: `scores_answers = True` on its class (so the command can tell it from
+    evaluators of other things before building it) and `evaluate(predictions)`."""
+
+    scores_answers: bool
 
     def evaluate(self, predictions: Sequence[Prediction]) -> dict[str, Any]: ...
 
@@ -103,6 +106,8 @@ class ChoiceAccuracyConfig(ComponentConfig):
 class ChoiceAccuracy:
     """`omnimm/choice-accuracy`: parse each reply into one of the choices; accuracy counts unparsed replies as
     wrong and reports how many there were."""
+
+    scores_answers = True
 
     def __init__(self, config: ChoiceAccuracyConfig | None = None) -> None:
         self.config = config or ChoiceAccuracyConfig()

@@ -134,7 +134,7 @@ def read_video(
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    av = require("av", extra="valley", purpose="video decoding")
+    av = require("av", extra="video", purpose="video decoding")
     file = Path(path)
     _check_file(file)
     try:

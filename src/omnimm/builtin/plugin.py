@@ -27,7 +27,7 @@ def omnimm_register(registries: Registries) -> None:
         ("timm/vit", "TimmViT", "TimmViTConfig"),
     ]:
         registries.encoders.register_lazy(
-            name, f"{vision}.encoders:{module}", config=f"{vision}.configs:{config}", extra="valley"
+            name, f"{vision}.encoders:{module}", config=f"{vision}.configs:{config}", extra="video"
         )
     registries.models.register_lazy(
         "omnimm/multimodal-encoder",
@@ -45,7 +45,7 @@ def omnimm_register(registries: Registries) -> None:
         "omnimm/video-llm",
         "omnimm.videollm.model:VideoLLM",
         config="omnimm.videollm.configs:VideoLLMConfig",
-        extra="valley",
+        extra="video",
     )
     registries.evaluators.register_lazy(
         "omnimm/choice-accuracy", "omnimm.evaluation:ChoiceAccuracy", config="omnimm.evaluation:ChoiceAccuracyConfig"
@@ -54,7 +54,7 @@ def omnimm_register(registries: Registries) -> None:
         "omnimm/conversations",
         "omnimm.videollm.data:ConversationDataset",
         config="omnimm.videollm.configs:ConversationDataConfig",
-        extra="valley",
+        extra="video",
     )
     registries.encoders.register_lazy(
         "hf/sentence-encoder",
@@ -63,7 +63,7 @@ def omnimm_register(registries: Registries) -> None:
         extra="recse",
     )
     registries.llms.register_lazy(
-        "hf/causal-lm", "omnimm.llm.causal_lm:HFCausalLM", config="omnimm.llm.configs:HFCausalLMConfig", extra="valley"
+        "hf/causal-lm", "omnimm.llm.causal_lm:HFCausalLM", config="omnimm.llm.configs:HFCausalLMConfig", extra="video"
     )
     registries.llms.register_lazy(
         "openai/chat", "omnimm.llm.openai_http:OpenAIChat", config="omnimm.llm.configs:OpenAIChatConfig"

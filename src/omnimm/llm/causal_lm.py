@@ -29,7 +29,7 @@ class HFCausalLM(nn.Module):
 
     def __init__(self, config: HFCausalLMConfig) -> None:
         super().__init__()
-        transformers = require("transformers", extra="valley", purpose="llm 'hf/causal-lm'")
+        transformers = require("transformers", extra="video", purpose="llm 'hf/causal-lm'")
         self.config = config
         attention = resolve_attention(config.attention)
         dtype = _DTYPES[config.dtype]

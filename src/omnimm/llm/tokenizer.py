@@ -16,7 +16,7 @@ def train_word_tokenizer(texts: Iterable[str], *, extra_tokens: Sequence[str] = 
     Words split on whitespace and punctuation; `extra_tokens` (e.g. `<video>`, chat markers) stay whole. Decoding
     joins words with spaces. Save it with `.save_pretrained(folder)` and point `hf/causal-lm`'s `tokenizer` there.
     """
-    tokenizers = require("tokenizers", extra="valley", purpose="training a tokenizer")
+    tokenizers = require("tokenizers", extra="video", purpose="training a tokenizer")
     from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = tokenizers.Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -31,7 +31,7 @@ def train_word_tokenizer(texts: Iterable[str], *, extra_tokens: Sequence[str] = 
 
 
 def _as_transformers(tokenizer: Any, extra_tokens: Sequence[str]) -> Any:
-    transformers = require("transformers", extra="valley", purpose="a tokenizer")
+    transformers = require("transformers", extra="video", purpose="a tokenizer")
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -51,7 +51,7 @@ def byte_tokenizer(extra_tokens: Sequence[str] = ()) -> Any:
 
     Sequences are long, but any text round-trips; made for tiny test and inspection models.
     """
-    require("tokenizers", extra="valley", purpose="a byte tokenizer")
+    require("tokenizers", extra="video", purpose="a byte tokenizer")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()

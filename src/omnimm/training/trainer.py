@@ -72,7 +72,7 @@ def _inner(model: Any) -> Any:
 
 def safetensors_trainer_class() -> type:
     """HF's `Trainer`, saving and resuming any `nn.Module` as `model.safetensors` (no pickled files of ours)."""
-    transformers = require("transformers", extra="valley", purpose="training")
+    transformers = require("transformers", extra="video", purpose="training")
     safetensors_torch = require("safetensors.torch", extra="torch", purpose="training checkpoints")
 
     class SafetensorsTrainer(transformers.Trainer):
@@ -115,12 +115,15 @@ def _stage_trainer_class() -> type:
                 model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
             )
             aux = outputs.get("aux_loss") if isinstance(outputs, dict) else None
-            if aux is not None and num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+            if aux is not None and num_items_in_batch is not None and self.model_accepts_loss_kwargs and model.training:
                 # The LM loss is already a token mean over the whole accumulated (and, scaled by Trainer, the whole
                 # multi-process) batch, so Trainer divides it by nothing. The auxiliary losses are means over this
                 # micro-batch: average them over the accumulation steps instead, and leave the averaging across
-                # processes to DDP.
-                scale = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+                # processes to DDP. `scale` is the factor Trainer.compute_loss applied to the whole loss.
+                scale = 1
+                if self.args.average_tokens_across_devices:
+                    n_gpu = self.args.n_gpu
+                    scale = self.accelerator.num_processes // self.get_tp_size() if n_gpu <= 1 else n_gpu
                 loss = loss + aux * (1.0 / self.current_gradient_accumulation_steps - scale)
             if isinstance(outputs, dict) and model.training:
                 self._remember(outputs)
@@ -128,15 +131,13 @@ def _stage_trainer_class() -> type:
 
         def _remember(self, outputs: dict[str, Any]) -> None:
             values = {f"aux_{name}": value for name, value in (outputs.get("aux_losses") or {}).items()}
-            if values and "lm_loss" in outputs:
-                values["lm_loss"] = outputs["lm_loss"]
-            inner = _inner(self.accelerator.unwrap_model(self.model))
-            stats = getattr(inner, "last_connector_stats", None) or {}
+            if "lm_loss_mean" in outputs:
+                values["lm_loss"] = outputs["lm_loss_mean"]
+            stats = outputs.get("connector_stats") or {}
             values.update({f"connector_{name}": value for name, value in stats.items() if _is_number(value)})
             for name, value in values.items():
-                self._extra_logs.setdefault(name, []).append(
-                    float(value.detach() if isinstance(value, torch.Tensor) else value)
-                )
+                number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                self._extra_logs.setdefault(name, []).append(number)
 
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if "loss" in logs and self._extra_logs:  # a training log: add the means since the last one
@@ -178,7 +179,7 @@ def _parameter_groups(model: Any, stage: StageConfig) -> list[dict[str, Any]]:
 
 
 def _arguments(train: TrainConfig, stage: StageConfig, output: Path, progress: bool) -> Any:
-    transformers = require("transformers", extra="valley", purpose="training")
+    transformers = require("transformers", extra="video", purpose="training")
     use_cpu = train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
     return transformers.TrainingArguments(
         output_dir=str(output),
@@ -211,7 +212,7 @@ def train_stage(
     model: Any, train: TrainConfig, stage: StageConfig, *, resume: bool = False, progress: bool = True
 ) -> Any:
     """Train one stage in place; returns the HF trainer (its `state.log_history` holds the losses)."""
-    transformers = require("transformers", extra="valley", purpose="training")
+    transformers = require("transformers", extra="video", purpose="training")
     output = Path(train.output_dir) / stage.name
     if stage.lora is not None and not getattr(model, "has_lora", False):
         lora = stage.lora
@@ -228,7 +229,8 @@ def train_stage(
     )
     checkpoint = transformers.trainer_utils.get_last_checkpoint(str(output)) if resume and output.is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
-    for line in dataset.report() if hasattr(dataset, "report") else []:
+    # The collator runs in the main process whatever the number of data-loading workers, so its counts are complete.
+    for line in model.processor.report() if hasattr(model.processor, "report") else []:
         log.warning("stage %s: %s", stage.name, line)
     return trainer
 

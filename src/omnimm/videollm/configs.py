@@ -105,7 +105,7 @@ class VideoLLMConfig(ComponentConfig):
     returns named token groups (`vision.cls`, `vision.patches`, ...)."""
     connector: ConnectorRef
     """Maps the clip's token groups to the LLM's visual tokens, e.g. `valley/stpool` (pooled patches + temporal
-    CLS tokens), `omnimm/projector` (every token, no pooling) or a mixture-of-experts adapter."""
+    CLS tokens), `omnimm/projector` (every token, no pooling) or a mixture-of-experts connector."""
     standardize: bool = False
     """Standardise each token group per position and channel with running statistics gathered while training (like
     the BatchNorm of MAE's linear probing). Off for pretrained encoders; on for randomly initialised ones, whose

@@ -66,13 +66,21 @@ class Connector(nn.Module):
         return float(self.config.loss_weights.get(name, self.default_loss_weights.get(name, 1.0)))
 
     def sub_parts(self) -> dict[str, nn.Module]:
-        """The sub-modules that configs may name as `connector.<name>` (those the config class declares)."""
+        """The sub-modules that configs may name as `connector.<name>` (those the config class declares; a declared
+        part the module lacks is an error, or `freeze` and `train:` would silently do nothing with it)."""
         parts = {}
         for name in self.config.part_names():
             module = getattr(self, name, None)
-            if isinstance(module, nn.Module):
-                parts[name] = module
+            if not isinstance(module, nn.Module):
+                raise TypeError(
+                    f"connector '{self.config.name}' declares a part '{name}' (part_names) but has no such sub-module"
+                )
+            parts[name] = module
         return parts
+
+    def describe(self) -> list[str]:
+        """Lines about the connector's state for `omnimm build` / `video inspect` (e.g. routing); none by default."""
+        return []
 
     def num_tokens(self, frames: int) -> int:
         return sum(group.tokens for group in self.output_groups(frames).values())
@@ -91,12 +99,6 @@ def check_connector_class(factory: Any, name: str) -> None:
             f"connector '{name}' ({getattr(factory, '__qualname__', factory)}) must accept keyword arguments "
             f"inputs= and out_dim= (missing: {', '.join(missing)}); see omnimm.videollm.connector.Connector"
         )
-
-
-def frame_major(groups: list[torch.Tensor]) -> torch.Tensor:
-    """`[B, T, n_i, d]` groups -> `[B, T * sum(n_i), d]`: each frame's groups side by side, frames in order."""
-    tokens = torch.cat(groups, dim=2) if len(groups) > 1 else groups[0]
-    return tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
 
 
 class ProjectorConnector(Connector):

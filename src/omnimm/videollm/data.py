@@ -47,18 +47,22 @@ class MediaDataset(Dataset[Example]):
         return {}
 
     def __getitem__(self, index: int) -> Example:
+        skipped: dict[str, str] = {}
         for attempt in range(min(len(self), _MAX_ATTEMPTS)):
             position = (index + attempt) % len(self)
             media, turns = self.item(position)
             try:
-                clip = self._read(media) if media is not None else None
+                clip = self.read_clip(media) if media is not None else None
                 example = self.processor.encode(turns, clip, pixel_values=self._pixel_values(media, clip))
             except MediaError as error:
+                skipped[error.path] = error.reason
                 self._skip(error.path, error.reason)
                 continue
             except TooLongError as error:
+                skipped[media or f"item {position}"] = str(error)
                 self._skip(media or f"item {position}", str(error))
                 continue
+            example.skipped = skipped
             if example.cut:
                 if not self.truncated:
                     log.warning(
@@ -81,6 +85,14 @@ class MediaDataset(Dataset[Example]):
         if media not in self._pixels:
             self._pixels[media] = self.processor.pixels(clip)
         return self._pixels[media]
+
+    def read_clip(self, media: str) -> VideoClip:
+        """The clip of a media file, read as the model samples it (cached with `cache`; repeats counted)."""
+        return self._read(media)
+
+    def pixel_values(self, media: str | None, clip: VideoClip | None) -> dict[str, Any] | None:
+        """The clip's preprocessed frames, from the cache when the dataset keeps one."""
+        return self._pixel_values(media, clip)
 
     def _read(self, media: str) -> VideoClip:
         if self.cache is not None and media in self.cache:
@@ -117,8 +129,8 @@ class MediaDataset(Dataset[Example]):
             )
         if self.short_clips:
             lines.append(
-                f"{len(self.short_clips)} clip(s) with repeated frames (shorter than "
-                f"{self.processor.sampling.num_frames} frames): {sorted(self.short_clips)[:5]}"
+                f"{len(self.short_clips)} clip(s) with repeated frames (videos shorter than the frames sampled from "
+                f"them): {sorted(self.short_clips)[:5]}"
             )
         return lines
 

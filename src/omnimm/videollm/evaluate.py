@@ -39,7 +39,15 @@ def _split_reference(turns: Sequence[tuple[str, str]]) -> tuple[list[tuple[str, 
     last = max((i for i, (role, _) in enumerate(turns) if normalise_role(role) == "assistant"), default=None)
     if last is None:
         raise ValueError("an evaluation item needs an assistant turn with the reference answer")
+    if not any(normalise_role(role) == "user" for role, _ in turns[:last]):
+        raise ValueError("an evaluation item needs a question (a user turn) before its reference answer")
     return turns[:last], turns[last][1]
+
+
+def _question(prompt: Sequence[tuple[str, str]]) -> str:
+    from omnimm.llm.templates import normalise_role
+
+    return next(text for role, text in reversed(prompt) if normalise_role(role) == "user")
 
 
 def predict(
@@ -65,16 +73,17 @@ def predict(
             pending = []
             for index in range(start, min(start + batch_size, count)):
                 media, turns = dataset.item(index)
-                prompt, reference = _split_reference(turns)
                 try:
-                    clip = dataset._read(media) if media is not None else None
-                    example = processor.encode(prompt, clip, for_generation=True)
+                    prompt, reference = _split_reference(turns)
+                    clip = dataset.read_clip(media) if media is not None else None
+                    pixels = dataset.pixel_values(media, clip)
+                    example = processor.encode(prompt, clip, for_generation=True, pixel_values=pixels)
                 except (MediaError, ValueError) as error:
                     skipped[media or f"item {index}"] = str(error)
                     continue
                 meta = dataset.meta(index) if hasattr(dataset, "meta") else {}
-                question = next((text for role, text in reversed(prompt) if role in ("user", "human")), prompt[-1][1])
                 item_id = str(meta.get("id", index))
+                question = _question(prompt)
                 pending.append((Prediction(item_id, question, "", reference, media, meta), example))
             if pending:
                 batch = processor.collate([example for _, example in pending], padding_side="left")
@@ -105,16 +114,22 @@ def evaluate(
     output: str | Path | None = None,
     **options: Any,
 ) -> EvalResult:
-    """Predict, score, and (with `output`) write `predictions.jsonl` and `metrics.json` there, atomically."""
+    """Predict, score, and (with `output`) write `predictions.jsonl` and `metrics.json` there, atomically. The
+    predictions are written before scoring, so an evaluator that fails loses none of the generated answers."""
     predictions, skipped = predict(model, dataset, **options)
+    folder = Path(output) if output is not None else None
+    if folder is not None:
+        _write_predictions(folder / PREDICTIONS_FILE, predictions)
     metrics = score(predictions, evaluators)
     metrics["_run"] = {"predictions": len(predictions), "skipped": len(skipped)}
-    if output is not None:
-        folder = Path(output)
-        lines = "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in predictions)
-        atomic_write_text(folder / PREDICTIONS_FILE, lines)
+    if folder is not None:
+        _write_predictions(folder / PREDICTIONS_FILE, predictions)  # again: with what the evaluators parsed
         atomic_write_text(folder / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return EvalResult(predictions, metrics, skipped)
+
+
+def _write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
+    atomic_write_text(path, "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in predictions))
 
 
 class _progress:

@@ -11,7 +11,7 @@ Groups are addressed as `"<encoder key>.<group>"` (e.g. `vision.patches`, `face.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,13 +58,8 @@ class ConnectorOutput:
     """What a connector returns for a batch of clips."""
 
     tokens: dict[str, Any]
-    """Output group -> `[B, K_g, hidden]`, in the order the groups enter the LLM."""
+    """Output group -> `[B, K_g, hidden]` (the order in the LLM is that of `output_groups`)."""
     losses: dict[str, Any] = field(default_factory=dict)
     """Auxiliary losses (scalar tensors, unweighted); the model adds them with the configured weights."""
     stats: dict[str, Any] = field(default_factory=dict)
     """Anything worth logging or printing (e.g. routing statistics), as plain numbers or small tensors."""
-
-
-def describe_groups(groups: Mapping[str, TokenGroup], frames: int | None = None) -> list[tuple[str, str]]:
-    """Rows `(name, shape)` for printing."""
-    return [(name, str(list(group.shape(frames)))) for name, group in groups.items()]

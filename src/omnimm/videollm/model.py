@@ -68,7 +68,7 @@ class VideoLLM(nn.Module):
         self.connector = building(
             "connector", _build_connector, config.connector, inputs=self.encoder_groups, out_dim=hidden
         )
-        self.layout = VisualLayout.build(config, list(self.connector.output_groups(1)))
+        self.layout = building("visual_groups", lambda _: _layout(config, self.connector, self.llm), None)
         ids = self.llm.add_special_tokens(self.layout.tokens())
         self.layout.bind(dict(zip(self.layout.tokens(), ids, strict=True)))
         self.visual_token_id = self.layout.marker_id
@@ -96,7 +96,6 @@ class VideoLLM(nn.Module):
         for pattern in config.freeze:
             for name in fnmatch.filter(parts, pattern):
                 parts[name].requires_grad_(False)
-        self.last_connector_stats: dict[str, Any] = {}
 
     # -- structure --------------------------------------------------------------------------------------------------
 
@@ -176,8 +175,8 @@ class VideoLLM(nn.Module):
             for name, value in out.losses.items():
                 losses[name] = losses.get(name, 0) + value * share
             for name, value in out.stats.items():  # numbers averaged over the clips, as the losses
-                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-                stats[name] = stats.get(name, 0.0) + float(value) * share if numeric else value
+                number = _as_number(value)
+                stats[name] = stats.get(name, 0.0) + number * share if number is not None else value
             for position, index in enumerate(indices):
                 outputs[index] = {name: tokens[position] for name, tokens in out.tokens.items()}
         return [outputs[i] for i in range(len(samples))], losses, stats
@@ -220,9 +219,9 @@ class VideoLLM(nn.Module):
 
     def inputs_embeds(
         self, input_ids: torch.Tensor, pixel_values: Mapping[str, Sequence[Any]] | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any]]:
         """Token embeddings with each output group written over its placeholder positions (HF llava's pattern) and
-        the learned delimiter embeddings over theirs; plus the connector's auxiliary losses."""
+        the learned delimiter embeddings over theirs; plus the connector's auxiliary losses and statistics."""
         embeds = self.llm.embed(input_ids)
         layout = self.layout
         if self.delimiters is not None:
@@ -232,13 +231,12 @@ class VideoLLM(nn.Module):
         visual_rows = torch.isin(input_ids, torch.tensor(layout.placeholder_ids, device=input_ids.device))
         rows = [row for row, has in enumerate(visual_rows.any(dim=1).tolist()) if has]
         if not rows:
-            return embeds, {}
+            return embeds, {}, {}
         if pixel_values is None:
             raise ValueError(
                 f"input_ids contain {self.config.visual_token} placeholders but no pixel_values were given"
             )
         features, losses, stats = self.connect(pixel_values)
-        self.last_connector_stats = stats
         if len(rows) != len(features):
             raise ValueError(
                 f"{len(rows)} batch rows have {self.config.visual_token} placeholders "
@@ -255,7 +253,7 @@ class VideoLLM(nn.Module):
                     )
             visual = torch.cat([feature[group] for feature in features]).to(embeds.dtype)
             embeds = embeds.masked_scatter(where.unsqueeze(-1).expand_as(embeds), visual)
-        return embeds, losses
+        return embeds, losses, stats
 
     def forward(
         self,
@@ -267,12 +265,16 @@ class VideoLLM(nn.Module):
         **_: Any,
     ) -> dict[str, Any]:
         input_ids = input_ids.to(self._device())
-        embeds, aux_losses = self.inputs_embeds(input_ids, pixel_values)
+        embeds, aux_losses, stats = self.inputs_embeds(input_ids, pixel_values)
         mask = attention_mask.to(self._device()) if attention_mask is not None else None
         logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits
-        out: dict[str, Any] = {"logits": logits, "aux_losses": aux_losses}
+        out: dict[str, Any] = {"logits": logits, "aux_losses": aux_losses, "connector_stats": stats}
         if labels is not None:
-            lm_loss = causal_lm_loss(logits, labels.to(logits.device), num_items_in_batch)
+            labels = labels.to(logits.device)
+            lm_loss = causal_lm_loss(logits, labels, num_items_in_batch)
+            out["lm_loss_mean"] = (
+                lm_loss.detach() if num_items_in_batch is None else _token_mean(lm_loss, labels, num_items_in_batch)
+            )
             aux = lm_loss.new_zeros(())
             for name, value in aux_losses.items():
                 aux = aux + self.connector.loss_weight(name) * value
@@ -293,13 +295,13 @@ class VideoLLM(nn.Module):
     ) -> torch.Tensor:
         """New token ids for a left-padded batch (`processor.collate(..., padding_side="left")`)."""
         input_ids = input_ids.to(self._device())
-        embeds, _ = self.inputs_embeds(input_ids, pixel_values)
+        embeds, _, _ = self.inputs_embeds(input_ids, pixel_values)
         options.setdefault("do_sample", False)
         options.setdefault("eos_token_id", self._stop_ids() or None)
-        stop = self._stop_sequence()
-        if len(stop) > 1:  # a stop string of several tokens: watch the tail of each row
-            transformers = require("transformers", extra="valley", purpose="generation")
-            criteria = transformers.StoppingCriteriaList([_StopSequence(stop)])
+        stop, text = self._stop_sequence(), self.template.stop.strip()
+        if text:  # watch each row's tail, as tokens and as text (a SentencePiece tokenizer may merge "red###")
+            transformers = require("transformers", extra="video", purpose="generation")
+            criteria = transformers.StoppingCriteriaList([_StopSequence(stop, text, self.llm.tokenizer)])
             options["stopping_criteria"] = criteria + list(options.get("stopping_criteria") or [])
         return self.llm.generate(
             inputs_embeds=embeds,
@@ -328,14 +330,16 @@ class VideoLLM(nn.Module):
         return self.decode(new[0])
 
     def decode(self, token_ids: torch.Tensor | Sequence[int]) -> str:
-        """Generated ids -> text, cut where the template's stop sequence starts."""
+        """Generated ids -> text, cut where the template's stop sequence starts (as tokens, or in the text)."""
         ids = [int(i) for i in token_ids]
         stop = self._stop_sequence()
         for start in range(len(ids) - len(stop) + 1 if stop else 0):
             if ids[start : start + len(stop)] == stop:
                 ids = ids[:start]
                 break
-        return self.llm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.llm.tokenizer.decode(ids, skip_special_tokens=True)
+        stop_text = self.template.stop.strip()
+        return (text.split(stop_text, 1)[0] if stop_text else text).strip()
 
     def _stop_sequence(self) -> list[int]:
         stop = self.template.stop.strip()
@@ -362,7 +366,7 @@ class VideoLLM(nn.Module):
     ) -> None:
         """Wrap the LLM with peft LoRA adapters (only they train when a stage trains `llm`). The settings are kept in
         `config.lora`, so a saved model with unmerged adapters rebuilds them."""
-        peft = require("peft", extra="valley", purpose="LoRA")
+        peft = require("peft", extra="video", purpose="LoRA")
         lora = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
         self.llm.model = peft.get_peft_model(self.llm.model, lora)
         settings = LoRASettings(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules, merge=False)
@@ -410,26 +414,47 @@ class VideoLLM(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> VideoLLM:
         """Rebuild a saved model; outputs are identical to the model that was saved."""
         safetensors_torch = require("safetensors.torch", extra="torch", purpose="loading a model")
-        source = Path(folder)
-        config_file = source / CONFIG_FILE
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{source} is not a saved video LLM: {CONFIG_FILE} is missing")
-        try:
-            data = json.loads(config_file.read_text(encoding="utf-8"))["omnimm"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{config_file}: not a video LLM config ({type(error).__name__}: {error})") from None
-        llm = data.get("llm") or {}
-        if llm.get("path") and not Path(llm["path"]).is_absolute():
-            llm["path"] = str(source / llm["path"])
-        config = models.validate(data, source=str(config_file))
+        source = Path(folder).resolve()  # absolute: a relative `llm/` must never be taken for a hub repository id
+        config = saved_config(source)
+        weights = source / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{source} is not a complete saved model: {WEIGHTS_FILE} is missing")
         model = models.get(config.name)(config)
-        missing, unexpected = safetensors_torch.load_model(model, str(source / WEIGHTS_FILE), strict=False)
+        if not isinstance(model, cls):
+            raise ValueError(f"{source / CONFIG_FILE}: '{config.name}' is not a video LLM")
+        try:
+            missing, unexpected = safetensors_torch.load_model(model, str(weights), strict=False)
+        except Exception as error:  # safetensors raises its own SafetensorError for a damaged file
+            if isinstance(error, (KeyboardInterrupt, MemoryError)):
+                raise
+            raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
         if missing or unexpected:
             raise ValueError(
                 f"{source / WEIGHTS_FILE} does not match the model in {CONFIG_FILE}: "
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
         return model
+
+
+def saved_config(folder: str | os.PathLike[str]) -> VideoLLMConfig:
+    """The config of a saved video LLM folder (its `llm.path` made absolute), without building the model."""
+    source = Path(folder).resolve()
+    config_file = source / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{source} is not a saved video LLM: {CONFIG_FILE} is missing")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))["omnimm"]
+        llm = data.get("llm") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{config_file}: not a video LLM config ({type(error).__name__}: {error})") from None
+    if llm.get("path") and not Path(llm["path"]).is_absolute():
+        llm["path"] = str(source / llm["path"])
+        if not Path(llm["path"]).is_dir():
+            raise FileNotFoundError(f"{source} is not a complete saved model: {llm['path']} is missing")
+    config = models.validate(data, source=str(config_file))
+    if not isinstance(config, VideoLLMConfig):
+        raise ValueError(f"{config_file}: '{config.name}' is not a video LLM")
+    return config
 
 
 class VisualLayout:
@@ -455,11 +480,23 @@ class VisualLayout:
             default = config.visual_token if len(output_groups) == 1 else f"<{group}>"
             groups[group] = (tokens.placeholder or default, tokens.start, tokens.end)
         layout = cls(config.visual_token, groups)
-        every = [layout.marker, *(p for p, _, _ in groups.values()), *layout.delimiters]
-        doubled = sorted({t for t in every if every.count(t) > 1} - {layout.marker})
-        if doubled or len({p for p, _, _ in groups.values()}) < len(groups):
-            raise ValueError(f"visual_groups: each group needs its own placeholder and delimiters, {doubled} repeat")
+        placeholders = [p for p, _, _ in groups.values()]
+        every = [*placeholders, *layout.delimiters]  # the marker may double as one group's placeholder
+        doubled = sorted({t for t in every if every.count(t) > 1} | ({layout.marker} & set(layout.delimiters)))
+        if doubled:
+            raise ValueError(f"visual_groups: each group needs its own placeholder and delimiters; {doubled} repeat")
         return layout
+
+    def check_vocabulary(self, tokenizer: Any) -> None:
+        """Layout tokens must be tokens of their own: an ordinary word there would be overwritten wherever the text
+        uses it."""
+        special = set(getattr(tokenizer, "all_special_tokens", []))
+        ordinary = [t for t in self.tokens() if t in tokenizer.get_vocab() and t not in special]
+        if ordinary:
+            raise ValueError(
+                f"visual_groups: {ordinary} are ordinary tokens of the tokenizer; use tokens of their own such as "
+                f"<face_start> (they are added as special tokens)"
+            )
 
     def tokens(self) -> list[str]:
         """Every token the layout uses, each once (the tokenizer must know them)."""
@@ -525,6 +562,12 @@ def building(where: str, factory: Any, config: Any, **deps: Any) -> Any:
         raise BuildError(where, f"{name + ': ' if name else ''}{error}") from error
 
 
+def _layout(config: VideoLLMConfig, connector: Any, llm: Any) -> VisualLayout:
+    layout = VisualLayout.build(config, list(connector.output_groups(1)))
+    layout.check_vocabulary(llm.tokenizer)
+    return layout
+
+
 def _build_connector(config: Any, **deps: Any) -> Any:
     check_connector_class(connectors.get(config.name), config.name)
     return connectors.build(config, **deps)
@@ -561,6 +604,15 @@ def _split_output(key: str, encoder: nn.Module, output: Any) -> tuple[dict[str, 
     return dict(zip(groups, output.split(sizes, dim=1), strict=True)), None
 
 
+def _as_number(value: Any) -> float | None:
+    """A statistic as a float (numbers and one-element tensors), else None."""
+    if isinstance(value, torch.Tensor):
+        return float(value.detach()) if value.numel() == 1 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def _frame_count(clip: Any) -> int:
     return len(clip["pixels"] if isinstance(clip, Mapping) else clip)
 
@@ -578,16 +630,22 @@ def _to(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
 
 
 class _StopSequence:
-    """Generation stopping criterion: a row is done once it ends with `sequence` (token ids, any tokenizer)."""
+    """Generation stopping criterion: a row is done once it ends with `sequence` (token ids) or once the decoded text
+    of its last tokens holds `text` (a tokenizer that merges the stop string into a word gives other ids)."""
 
-    def __init__(self, sequence: Sequence[int]) -> None:
+    def __init__(self, sequence: Sequence[int], text: str, tokenizer: Any) -> None:
         self.sequence = torch.tensor(list(sequence))
+        self.text = text
+        self.tokenizer = tokenizer
+        self.window = max(8, 4 * len(self.sequence))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
         length = len(self.sequence)
-        if input_ids.shape[1] < length:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        return (input_ids[:, -length:] == self.sequence.to(input_ids.device)).all(dim=1)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if length and input_ids.shape[1] >= length:
+            done |= (input_ids[:, -length:] == self.sequence.to(input_ids.device)).all(dim=1)
+        tails = self.tokenizer.batch_decode(input_ids[:, -self.window :], skip_special_tokens=True)
+        return done | torch.tensor([self.text in tail for tail in tails], device=input_ids.device)
 
 
 class FeatureStandardizer(nn.Module):
@@ -623,6 +681,12 @@ def _swap_in(staging: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _token_mean(loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+    """This batch's own token-mean loss, from one normalised by the tokens of a larger batch (for logging)."""
+    count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+    return (loss.detach() * torch.as_tensor(num_items_in_batch, device=loss.device) / count).detach()
 
 
 def causal_lm_loss(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +29,9 @@ class Example:
     clip: VideoClip | None = None
     cut: int = 0
     """Tokens cut from the end to fit `max_length` (0: none)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Items a dataset could not use before this one (media or item -> why), so that whoever collates the batch (the
+    main process, whatever the number of data-loading workers) can count them."""
 
 
 class TooLongError(ValueError):
@@ -60,6 +64,8 @@ class VideoLLMProcessor:
         self.ignored_ids = set(ignored_ids or ()) | {visual_token_id}
         self.max_length = max_length
         self._bos = self._leading_bos(tokenizer)
+        self.seen: Counter[str] = Counter()  # what collating has met: examples, cut ones, clips with repeated frames
+        self.skipped: dict[str, str] = {}
 
     @staticmethod
     def _leading_bos(tokenizer: Any) -> list[int]:
@@ -140,6 +146,10 @@ class VideoLLMProcessor:
         cut = self._overflow(ids, for_generation)
         if cut:
             ids, labels = ids[:-cut], labels[:-cut]
+            if all(label == IGNORE_INDEX for label in labels):
+                raise TooLongError(
+                    f"cut to max_length ({self.max_length}), the example keeps none of its answer tokens"
+                )
         if clip is None:
             pixel_values = {}
         elif pixel_values is None:
@@ -190,5 +200,29 @@ class VideoLLMProcessor:
         return batch
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
-        """Collate for training (a `DataLoader`'s `collate_fn`)."""
+        """Collate for training (a `DataLoader`'s `collate_fn`); counts what the examples report (see `report`)."""
+        for example in examples:
+            self.seen["examples"] += 1
+            self.seen["cut"] += bool(example.cut)
+            self.seen["repeated"] += bool(example.clip is not None and example.clip.repeated)
+            self.skipped.update(example.skipped)
         return self.collate(examples)
+
+    def report(self) -> list[str]:
+        """One line per kind of problem among the examples collated so far (then the counts start again)."""
+        lines = []
+        if self.skipped:
+            skipped = sorted(self.skipped)[:5]
+            lines.append(f"{len(self.skipped)} item(s) skipped (unreadable or too long): {skipped}")
+        if self.seen["cut"]:
+            lines.append(
+                f"{self.seen['cut']} of {self.seen['examples']} example(s) cut to max_length {self.max_length}"
+            )
+        if self.seen["repeated"]:
+            lines.append(
+                f"{self.seen['repeated']} of {self.seen['examples']} example(s) with repeated frames (a video shorter "
+                f"than the frames sampled from it)"
+            )
+        self.seen.clear()
+        self.skipped = {}
+        return lines

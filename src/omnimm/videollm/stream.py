@@ -20,6 +20,7 @@ class ReplyStreamer:
         self.ids: list[int] = []
         self.shown = ""
         self.stop = model.template.stop.strip()
+        self.stop_ids = list(model._stop_sequence())
         self.stopped = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -27,7 +28,9 @@ class ReplyStreamer:
         if not ids or self.stopped:
             return
         self.ids += [int(i) for i in ids]
-        text = self.model.llm.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        safe = _before_stop(self.ids, self.stop_ids)
+        self.stopped = _contains(self.ids, self.stop_ids)
+        text = self.model.llm.tokenizer.decode(safe, skip_special_tokens=True).lstrip()
         if self.stop and self.stop in text:
             text = text[: text.index(self.stop)]
             self.stopped = True
@@ -51,9 +54,22 @@ class ReplyStreamer:
             self.shown = text
 
 
-def _held_back(text: str, stop: str) -> int:
-    """How many trailing characters of `text` could be the beginning of `stop` (kept back until it is clear)."""
-    for size in range(min(len(stop), len(text)), 0, -1):
-        if stop.startswith(text[-size:]):
+def _held_back(sequence: Any, stop: Any) -> int:
+    """How many trailing items of `sequence` (text or token ids) could be the beginning of `stop` (kept back until
+    it is clear)."""
+    for size in range(min(len(stop), len(sequence)), 0, -1):
+        if list(stop[:size]) == list(sequence[-size:]):
             return size
     return 0
+
+
+def _contains(ids: list[int], stop: list[int]) -> bool:
+    return bool(stop) and any(ids[i : i + len(stop)] == stop for i in range(len(ids) - len(stop) + 1))
+
+
+def _before_stop(ids: list[int], stop: list[int]) -> list[int]:
+    """The ids that are surely reply: up to the stop sequence, and short of any trailing start of it."""
+    for start in range(len(ids) - len(stop) + 1 if stop else 0):
+        if ids[start : start + len(stop)] == stop:
+            return ids[:start]
+    return ids[: len(ids) - _held_back(ids, stop)] if stop else ids

@@ -13,8 +13,9 @@ class VisionEncoderConfig(ComponentConfig):
     """Options every vision encoder shares."""
 
     select_layer: int = -2
-    """Which transformer block's output to return; negative counts from the end (-2: the penultimate, as LLaVA and
-    Valley use). Gives the token groups `cls` and `patches`."""
+    """Which transformer block's output to return, counted from 0 (the first block); negative counts from the end
+    (-2: the penultimate, as LLaVA and Valley use). Every vision encoder counts the same way. Gives the token groups
+    `cls` and `patches`."""
     select_layers: list[int] | None = Field(None, min_length=1)
     """Several blocks at once (e.g. `[-2, 6, 3]`), instead of `select_layer`: groups `cls_0`, `patches_0`,
     `cls_1`, `patches_1`, ... in the order listed."""

@@ -99,7 +99,7 @@ class OpenCLIPVision(VisionEncoder):
 
     def __init__(self, config: OpenCLIPVisionConfig) -> None:
         super().__init__()
-        open_clip = require("open_clip", extra="valley", purpose="encoder 'openclip/vit'")
+        open_clip = require("open_clip", extra="video", purpose="encoder 'openclip/vit'")
         self.config = config
         base = open_clip.get_model_config(config.arch)
         if base is None:
@@ -135,11 +135,12 @@ class OpenCLIPVision(VisionEncoder):
 
 
 class HFCLIPVision(VisionEncoder):
-    """transformers' `CLIPVisionModel`; `hidden_states[select_layer]` (index 0 is the embeddings)."""
+    """transformers' `CLIPVisionModel`; block `select_layer`'s output (`hidden_states[select_layer + 1]` for a block
+    counted from 0, `hidden_states[select_layer]` for one counted from the end)."""
 
     def __init__(self, config: HFCLIPVisionConfig) -> None:
         super().__init__()
-        transformers = require("transformers", extra="valley", purpose="encoder 'hf/clip-vision'")
+        transformers = require("transformers", extra="video", purpose="encoder 'hf/clip-vision'")
         self.config = config
         if config.pretrained is not None:
             self.model = transformers.CLIPVisionModel.from_pretrained(config.pretrained)
@@ -149,18 +150,13 @@ class HFCLIPVision(VisionEncoder):
         self.out_dim = int(vision.hidden_size)
         self.image_size = _square(vision.image_size)
         self.num_patches = (self.image_size // _square(vision.patch_size)) ** 2
-        layers = int(vision.num_hidden_layers)
-        for layer in config.layers():
-            if not -layers - 1 <= layer <= layers:
-                raise ValueError(
-                    f"encoder 'hf/clip-vision': layer {layer} is out of range for a {layers}-layer model "
-                    f"(hidden_states[0] is the embeddings; use -{layers + 1}..{layers})"
-                )
+        self._check_layers(int(vision.num_hidden_layers))
         self.preprocess = image_transform(config, self.image_size)
 
     def layer_tokens(self, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = self.model(pixel_values=frames, output_hidden_states=True)
-        states = [out.hidden_states[layer] for layer in self.config.layers()]
+        # hidden_states[0] is the embeddings, [i + 1] block i's output: index blocks as the other encoders do
+        states = [out.hidden_states[layer + 1 if layer >= 0 else layer] for layer in self.config.layers()]
         return [(state[:, :1], state[:, 1:]) for state in states]
 
 
@@ -169,7 +165,7 @@ class TimmViT(VisionEncoder):
 
     def __init__(self, config: TimmViTConfig) -> None:
         super().__init__()
-        timm = require("timm", extra="valley", purpose="encoder 'timm/vit'")
+        timm = require("timm", extra="video", purpose="encoder 'timm/vit'")
         self.config = config
         overrides: dict[str, Any] = {**config.overrides, "num_classes": 0}
         if config.pretrained is not None:

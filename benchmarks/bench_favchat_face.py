@@ -2,7 +2,7 @@
 (cv2.FaceDetectorYN + cv2.FaceRecognizerSF, one frame and one face at a time), on 640 x 360 frames built from the
 real photos (obama.jpg, biden.jpg, scikit-image's astronaut; one frame in six has no face).
 
-    python benchmarks/favchat_face.py [--quick]   # prints the table, writes benchmarks/results/favchat_face.json
+    python benchmarks/run.py favchat_face [--quick]   # prints the table, writes benchmarks/results/favchat_face.json
 
 `run(quick)` returns the rows in the format of benchmarks/run.py (ratio = ours / reference, in frames/s).
 """
