@@ -37,6 +37,23 @@ def demo_model_config(root):
     return demo_config(root, "test").model
 
 
+def test_kept_clips_are_reused_and_written_again_when_the_renderer_changed(tmp_path):
+    from omnimm_plugins.favchat.synthetic import generate_faces
+
+    folder = generate_faces(tmp_path / "faces", train=2, test=1)
+    clip = folder / "clips" / "00000.mkv"
+    first = clip.stat().st_mtime_ns
+    generate_faces(folder, train=2, test=1)
+    assert clip.stat().st_mtime_ns == first  # same settings, same renderer: kept
+    index = json.loads((folder / "index.json").read_text())
+    index["settings"]["renderer"] = "an-older-renderer"
+    (folder / "index.json").write_text(json.dumps(index))
+    clip.unlink()
+    generate_faces(folder, train=2, test=1)
+    assert clip.is_file()  # written again
+    assert json.loads((folder / "index.json").read_text())["settings"]["renderer"] != "an-older-renderer"
+
+
 def test_the_plugin_registers_its_components():
     assert get_registry("face_detectors").names() == [
         "favchat/mtcnn",

@@ -37,10 +37,14 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def demo_config(workdir: Path, variant: str, *, quick: bool = False, dense: dict[str, Any] | None = None) -> RunConfig:
-    """The demo's run config for one variant, folders filled in."""
-    text = CONFIG.read_text().replace("${workdir}", str(workdir)).replace("${run}", variant)
+def demo_config(
+    workdir: Path, variant: str, *, quick: bool = False, dense: dict[str, Any] | None = None, seed: int = 0
+) -> RunConfig:
+    """The demo's run config for one variant, folders filled in; `seed` sets the initial weights and data order."""
+    run = variant if seed == 0 else f"{variant}-seed{seed}"
+    text = CONFIG.read_text().replace("${workdir}", str(workdir)).replace("${run}", run)
     data: dict[str, Any] = yaml.safe_load(text)
+    data["train"]["seed"] = seed
     model = data["model"]
     if variant == "no-face-encoder":
         del model["encoders"]["face"]

@@ -12,6 +12,7 @@ face crop the face encoder sees.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,14 +188,27 @@ def write_clip(path: Path, frames: np.ndarray, fps: int) -> None:
     write_video(path, frames, fps=fps)
 
 
+def _renderer() -> str:
+    """A fingerprint of this module's code: clips kept from a renderer that has since changed are written again."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
 def generate_faces(
     root: str | Path, *, train: int, test: int, frames: int = 6, size: int = 96, fps: int = 6, seed: int = 0
 ) -> Path:
     """Write `train + test` clips, their landmarks, `records.jsonl` (favchat's format) and `index.json` under `root`
-    (skipped if an index with these settings exists)."""
+    (skipped if an index with these settings, written by this renderer, exists)."""
     folder = Path(root)
     index = folder / "index.json"
-    settings = {"train": train, "test": test, "frames": frames, "size": size, "fps": fps, "seed": seed, "version": 2}
+    settings = {
+        "train": train,
+        "test": test,
+        "frames": frames,
+        "size": size,
+        "fps": fps,
+        "seed": seed,
+        "renderer": _renderer(),
+    }
     if index.is_file() and json.loads(index.read_text()).get("settings") == settings:
         return folder
     (folder / "clips").mkdir(parents=True, exist_ok=True)
