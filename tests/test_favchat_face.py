@@ -561,3 +561,13 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, face_cache):
     assert result.returncode == 2 and "--embed needs --out" in result.stderr
     result = _faces_cli(FACES / "biden.jpg", "--detector", "scrfd", cache=face_cache)
     assert result.returncode == 2 and "needs --model" in result.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for options, reason in [
+        (["--config", str(tmp_path / "missing.yaml")], "config file not found"),
+        (["--config", "valley:inspect"], "has no favchat/face encoder"),
+        (["--out", str(blocker / "crops")], "cannot create the folder"),
+    ]:
+        result = _faces_cli(FACES / "biden.jpg", *options, cache=face_cache)
+        assert result.returncode == 2 and reason in result.stderr, (options, result.output)
+        assert result.stdout == "", "checked before any face is detected"

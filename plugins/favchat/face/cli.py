@@ -28,25 +28,30 @@ def _fail(message: str, code: int = BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
-def encode_with_config(config: str, crops: Any, frames: Any) -> None:
-    """`--config`: the aligned crops, as the frames of one clip, through the face encoder and the connector of a video
-    LLM config (a run file, a model file or `plugin:name`; the model is built without pretrained weights). Other
-    encoders' groups are zeros of their declared shapes. Prints every group's shape."""
-    import torch
-
+def face_model_config(config: str) -> tuple[Any, str]:
+    """The model config of `--config` (a run file, a model file or `plugin:name`) and the key of its face encoder."""
     from omnimm.config import load_config
-    from omnimm.registry import models
     from omnimm.run import RunConfig
 
-    if len(crops) == 0:
-        raise ValueError("no face was found, so nothing goes through the encoder")
     loaded = load_config(config)
     model_config = loaded.model if isinstance(loaded, RunConfig) else loaded
     keys = [key for key, encoder in getattr(model_config, "encoders", {}).items() if encoder.name == "favchat/face"]
     if not keys:
         raise ValueError(f"{config}: the model has no favchat/face encoder")
+    return model_config, keys[0]
+
+
+def encode_with_config(model_config: Any, face_key: str, crops: Any) -> None:
+    """`--config`: the aligned crops, as the frames of one clip, through the face encoder and the connector of a video
+    LLM config (the model is built without pretrained weights). Other encoders' groups are zeros of their declared
+    shapes. Prints every group's shape."""
+    import torch
+
+    from omnimm.registry import models
+
+    if len(crops) == 0:
+        raise ValueError("no face was found, so nothing goes through the encoder")
     model = models.build(model_config.without_weights()).eval()
-    face_key = keys[0]
     encoder = model.encoders[face_key]
     count = len(crops)
     with torch.no_grad():
@@ -115,6 +120,17 @@ def faces_command(
         raise _fail(str(error), code=1) from None
     if not source.exists():
         raise _fail(f"{source}: file not found")
+    face_model = None
+    if config is not None:  # checked before any detection runs
+        try:
+            face_model = face_model_config(config)
+        except (ValueError, OSError, KeyError) as error:
+            raise _fail(_one_line(error)) from None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _fail(f"--out {out}: cannot create the folder ({error.strerror or error})") from None
     try:
         clip = read_visual(source, num_frames=num_frames)
     except MediaError as error:
@@ -140,11 +156,9 @@ def faces_command(
             if out is not None:
                 _save_png(out / f"frame{frame_index:05d}_face{number}.png", crop)
     print(f"{len(records)} face(s) in {clip.num_frames} frame(s) of {source}")
-    if config is not None:
+    if face_model is not None:
         try:
-            encode_with_config(
-                config, np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8), [f for f, _ in records]
-            )
+            encode_with_config(*face_model, np.stack(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8))
         except (ValueError, OSError, KeyError) as error:
             raise _fail(_one_line(error)) from None
     if embed and out is not None:
