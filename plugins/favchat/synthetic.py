@@ -12,7 +12,6 @@ face crop the face encoder sees.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from omnimm.files import atomic_write_text
+from omnimm.files import atomic_write_text, file_fingerprint
 
 IDENTITIES = {  # skin (RGB), hair (RGB), face width / height
     "anna": ((236, 200, 170), (120, 70, 30), 0.82),
@@ -188,11 +187,6 @@ def write_clip(path: Path, frames: np.ndarray, fps: int) -> None:
     write_video(path, frames, fps=fps)
 
 
-def _renderer() -> str:
-    """A fingerprint of this module's code: clips kept from a renderer that has since changed are written again."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
 def generate_faces(
     root: str | Path, *, train: int, test: int, frames: int = 6, size: int = 96, fps: int = 6, seed: int = 0
 ) -> Path:
@@ -207,7 +201,7 @@ def generate_faces(
         "size": size,
         "fps": fps,
         "seed": seed,
-        "renderer": _renderer(),
+        "renderer": file_fingerprint(__file__),  # kept clips of an older renderer are rewritten
     }
     if index.is_file() and json.loads(index.read_text()).get("settings") == settings:
         return folder

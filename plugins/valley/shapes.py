@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from omnimm.deps import require
-from omnimm.files import atomic_write_text
+from omnimm.files import atomic_write_text, file_fingerprint
 from omnimm.videollm.data import MediaDataset
 from omnimm.videollm.processor import VideoLLMProcessor
 from omnimm_plugins.valley.configs import ShapesDataConfig
@@ -108,10 +108,12 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 def generate_shapes(
     root: str | Path, *, train: int, test: int, frames: int = 8, size: int = 64, travel: float = 0.6, seed: int = 0
 ) -> Path:
-    """Write `train + test` clips and `index.json` under `root` (skipped if an index with these settings exists)."""
+    """Write `train + test` clips and `index.json` under `root` (skipped if an index with these settings, written by
+    this renderer, exists)."""
     folder = Path(root)
     index = folder / "index.json"
     settings = {"train": train, "test": test, "frames": frames, "size": size, "travel": travel, "seed": seed}
+    settings["renderer"] = file_fingerprint(__file__)  # kept clips of an older renderer are written again
     if index.is_file() and json.loads(index.read_text()).get("settings") == settings:
         return folder
     (folder / "clips").mkdir(parents=True, exist_ok=True)
