@@ -571,3 +571,5 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, face_cache):
         result = _faces_cli(FACES / "biden.jpg", *options, cache=face_cache)
         assert result.returncode == 2 and reason in result.stderr, (options, result.output)
         assert result.stdout == "", "checked before any face is detected"
+    result = _faces_cli(text, "--out", str(tmp_path / "crops"), cache=face_cache)
+    assert result.returncode == 2 and not (tmp_path / "crops").exists()  # a bad source leaves no empty folder

@@ -126,17 +126,17 @@ def faces_command(
             face_model = face_model_config(config)
         except (ValueError, OSError, KeyError) as error:
             raise _fail(_one_line(error)) from None
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise _fail(f"--out {out}: cannot create the folder ({error.strerror or error})") from None
     try:
         clip = read_visual(source, num_frames=num_frames)
     except MediaError as error:
         raise _fail(str(error)) from None
     except (OSError, ValueError) as error:
         raise _fail(f"{source}: cannot read ({_one_line(error)})") from None
+    if out is not None:  # made once the source has been read: a bad source leaves no empty folder
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _fail(f"--out {out}: cannot create the folder ({error.strerror or error})") from None
 
     import numpy as np
 
@@ -173,7 +173,6 @@ def _one_line(error: BaseException) -> str:
 def _save_png(path: Path, crop: Any) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(crop).save(path)
 
 
