@@ -192,10 +192,10 @@ def test_chat_rejects_bad_messages_with_their_index():
 def test_openai_chat_talks_to_a_real_loopback_server(monkeypatch):
     from tests.openai_server import openai_server
 
-    monkeypatch.setenv("OMNIMM_TEST_KEY", "sk-test")
+    monkeypatch.setenv("OMNIMM_TEST_API_KEY", "sk-test")
     with openai_server() as server:
         llm = llms.build(
-            {"name": "openai/chat", "base_url": server.url, "model": "tiny", "api_key_env": "OMNIMM_TEST_KEY"}
+            {"name": "openai/chat", "base_url": server.url, "model": "tiny", "api_key_env": "OMNIMM_TEST_API_KEY"}
         )
         messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Hello"}]
         assert llm.chat(messages, max_new_tokens=7, temperature=0.5, seed=3) == "reply 1 to: Hello"

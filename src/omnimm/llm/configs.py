@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -60,19 +61,37 @@ class OpenAIChatConfig(ComponentConfig):
     model: str
     """The model name the server expects."""
     api_key_env: str | None = "OPENAI_API_KEY"
-    """Environment variable holding the API key (sent as a Bearer token when set). Keys never go into configs."""
+    """Environment variable holding the API key, sent as a Bearer token to `base_url` only (redirects are not
+    followed). Its name must end in `API_KEY` (`OPENAI_API_KEY`, `VLLM_API_KEY`, ...), so a config cannot hand
+    another secret (`AWS_SECRET_ACCESS_KEY`, `GITHUB_TOKEN`) to a server; `null` sends no key. Keys never go into
+    configs."""
     timeout: float = Field(120.0, gt=0)
-    """Seconds to wait for one response."""
+    """Seconds one request may take in all: connecting, sending and reading the whole answer (not per socket read,
+    so a server that sends a byte now and then is cut off too). A call makes at most `1 + max_retries` requests."""
     max_retries: int = Field(2, ge=0)
-    """Retries after a connection error, a 429 or a 5xx answer, with exponential back-off."""
+    """Retries after a connection error, a reset, a cut-off answer, a timeout, a 408, 429 or 5xx answer, with
+    exponential back-off (0.25 s, 0.5 s, ... at most 4 s)."""
     tokenizer: str | None = None
     """A local tokenizer folder matching the served model, for exact token counts. Unset: counts are estimated as
     one token per 4 characters (prompt budgets become approximate)."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
-    """Extra request fields passed through unchanged (e.g. `{"top_k": 20}` for vLLM)."""
+    """Extra request fields passed through unchanged (e.g. `{"top_k": 20}` for vLLM). Not `stream`: answers are
+    read as one JSON document."""
 
     @model_validator(mode="after")
     def _url(self) -> OpenAIChatConfig:
         if not self.base_url.startswith(("http://", "https://")):
             raise field_error("base_url", f"expected an http:// or https:// URL, got {self.base_url!r}")
+        if self.api_key_env is not None and not API_KEY_ENV.fullmatch(self.api_key_env):
+            raise field_error(
+                "api_key_env",
+                f"expected the name of an API-key variable ending in API_KEY (e.g. OPENAI_API_KEY), got "
+                f"{self.api_key_env!r}: its value is sent to base_url",
+            )
+        if self.extra_body.get("stream"):
+            raise field_error("extra_body.stream", "streamed answers are not supported (one JSON answer is read)")
         return self
+
+
+API_KEY_ENV = re.compile(r"(?:[A-Z][A-Z0-9_]*_)?API_KEY")
+"""Names `api_key_env` may take: a variable meant to hold an API key, not any secret of the environment."""
