@@ -23,6 +23,8 @@ import json
 import logging
 import math
 import os
+import stat
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -243,39 +245,45 @@ class FaissMemory:
         verify: bool = True,
     ) -> FaissMemory:
         """Load a saved store. Raises `StoreError` naming the file when something is missing, damaged, or was built
-        with another dimension or model than expected. `verify=False` skips the checksums (faster for huge stores);
+        with another dimension or model than expected. `verify=False` skips the checksums (faster for huge stores; sizes
+        and file types are still checked);
         `config` overrides search-time options (`nprobe`, `ef_search`, `device`) but not the index kind."""
         source = Path(folder)
         manifest = _read_manifest(source)
-        saved_config = MemoryStoreConfig.model_validate(manifest["config"])
+        saved_config = manifest.config
         if config is not None and config.index != saved_config.index:
             raise StoreError(
                 f"{source}: the store holds a '{saved_config.index}' index but the config asks for "
                 f"'{config.index}'; rebuild the index to change its kind"
             )
-        store = cls(config or saved_config, dim=manifest["dim"], model=manifest["model"])
-        store._generation = int(manifest["generation"])
-        if expect_dim is not None and manifest["dim"] is not None and manifest["dim"] != expect_dim:
+        store = cls(config or saved_config, dim=manifest.dim, model=manifest.model)
+        store._generation = manifest.generation
+        if expect_dim is not None and manifest.dim is not None and manifest.dim != expect_dim:
             raise StoreError(
-                f"{source}: the store holds {manifest['dim']}-dimensional vectors (model {manifest['model']!r}) but "
+                f"{source}: the store holds {manifest.dim}-dimensional vectors (model {manifest.model!r}) but "
                 f"the encoder gives {expect_dim}; re-index with that encoder"
             )
-        if expect_model is not None and manifest["model"] != expect_model:
+        if expect_model is not None and manifest.model != expect_model:
             raise StoreError(
-                f"{source}: the store was built with model {manifest['model']!r}, not {expect_model!r}; "
+                f"{source}: the store was built with model {manifest.model!r}, not {expect_model!r}; "
                 f"re-index with the configured encoder (cached embeddings are reused)"
             )
-        for name, record in manifest["files"].items():
+        for name, record in manifest.files.items():
             _check_file(source / name, record, verify)
-        store._memories = _read_memories(source / manifest["memories_file"])
-        if len(store._memories) != manifest["count"]:
+        memories_path = source / manifest.memories_file
+        if manifest.count > manifest.files[manifest.memories_file].bytes:  # a record is more than one byte
             raise StoreError(
-                f"{source / manifest['memories_file']}: {len(store._memories)} memories, manifest says "
-                f"{manifest['count']}"
+                f"{manifest.path}: count {manifest.count} cannot fit in {memories_path.name}'s "
+                f"{manifest.files[manifest.memories_file].bytes} bytes"
             )
-        if manifest["index_file"] is not None:
-            store._index = _read_index(source / manifest["index_file"])
-            store._check_loaded_index(source / manifest["index_file"])
+        store._memories = _read_memories(memories_path)
+        if len(store._memories) != manifest.count:
+            raise StoreError(f"{memories_path}: {len(store._memories)} memories, manifest says {manifest.count}")
+        if manifest.index_file is not None:
+            index_path = source / manifest.index_file
+            _check_index_header(index_path, manifest)
+            store._index = _read_index(index_path)
+            store._check_loaded_index(index_path)
         return store
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -355,17 +363,22 @@ class FaissMemory:
 
     def _check_loaded_index(self, path: Path) -> None:
         index = self._index
+        kind = _index_kind(index)
+        if kind != self.config.index:
+            found = type(index).__name__
+            raise StoreError(f"{path}: {found} is not a '{self.config.index}' index, as the manifest says")
+        if index.metric_type != _faiss().METRIC_INNER_PRODUCT:
+            raise StoreError(f"{path}: the index does not use inner product; expected cosine (inner product) search")
         if index.d != self.dim:
             raise StoreError(f"{path}: index dimension {index.d}, manifest says {self.dim}")
-        stored = index.ntotal
-        if self.config.index == "hnsw":
-            graph_ids = set(_faiss().vector_to_array(index.id_map).tolist())
-            missing = set(self._memories) - graph_ids
-            if missing:
-                raise StoreError(f"{path}: {len(missing)} memories have no vector in the index")
-            self._tombstones = graph_ids - set(self._memories)
-        elif stored != len(self._memories):
-            raise StoreError(f"{path}: {stored} vectors but {len(self._memories)} memories")
+        stored = _index_ids(index)
+        missing = set(self._memories) - stored
+        if missing:
+            raise StoreError(f"{path}: {len(missing)} memories have no vector in the index")
+        if kind == "hnsw":  # the graph keeps deleted nodes until compaction
+            self._tombstones = stored - set(self._memories)
+        elif index.ntotal != len(self._memories):
+            raise StoreError(f"{path}: {index.ntotal} vectors but {len(self._memories)} memories")
 
 
 def _first_new(ids: list[int], existing: dict[int, Memory]) -> list[int]:
@@ -400,6 +413,7 @@ def _to_gpu(index: Any, *, required: bool) -> Any:
 def _write_durably(path: Path, write: Any) -> None:
     """Write through `write(temp_path)`, fsync, then rename to `path`: `path` is either complete or absent."""
     temp = path.with_name(f".{path.name}.tmp")
+    temp.unlink(missing_ok=True)  # a link left at the temp name would be written through, outside the folder
     try:
         write(temp)
         with open(temp, "rb+") as handle:
@@ -423,10 +437,12 @@ def _sha256(path: Path) -> str:
 
 
 def _current_generation(folder: Path) -> int:
+    """The generation the folder's manifest names, or 0: a save must work over a damaged or foreign manifest too."""
     try:
-        return int(json.loads((folder / MANIFEST).read_text("utf-8")).get("generation", 0))
-    except (OSError, ValueError, AttributeError):
+        generation = _parse_json(_read_regular(folder / MANIFEST, _MANIFEST_LIMIT), folder / MANIFEST).get("generation")
+    except (StoreError, AttributeError):
         return 0
+    return generation if _is_int(generation) and 0 < generation <= _MAX_GENERATION else 0
 
 
 def _remove_other_generations(folder: Path, keep: set[str]) -> None:
@@ -436,51 +452,264 @@ def _remove_other_generations(folder: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+# -- reading a store folder: every name, size, type and count is checked before anything is parsed or allocated --
+
+_MANIFEST_LIMIT = 1 << 20  # a manifest is a few hundred bytes; a bigger one is not ours
+_MAX_GENERATION = 10**15
+_MAX_DIM = 1 << 16
+_MANIFEST_KEYS = ("format", "generation", "config", "dim", "model", "count", "index_file", "memories_file", "files")
+
+
+@dataclass(frozen=True)
+class _FileRecord:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """A manifest whose every field has been checked: file names are plain names of this generation's files."""
+
+    path: Path
+    generation: int
+    config: MemoryStoreConfig
+    dim: int | None
+    model: Any
+    count: int
+    index_file: str | None
+    memories_file: str
+    files: dict[str, _FileRecord]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of `path` if it is a regular file (not a link, device or pipe) of at most `limit` bytes."""
+    _check_regular(path)
+    size = path.stat().st_size
+    if limit is not None and size > limit:
+        raise StoreError(f"{path}: {size} bytes, more than the {limit} a memory-store manifest can have")
+    return _open_regular(path).read()
+
+
+def _check_regular(path: Path) -> os.stat_result:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing (named by {path.parent / MANIFEST})") from None
+    except OSError as error:
+        raise StoreError(f"{path}: cannot be read ({error.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(f"{path}: a symbolic link; a store's files must be regular files inside its folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{path}: not a regular file; a store's files must be regular files inside its folder")
+    return info
+
+
+def _open_regular(path: Path) -> Any:
+    # O_NOFOLLOW: a link swapped in after the check is refused by the kernel, not followed
+    try:
+        return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
+    except OSError as error:
+        raise StoreError(f"{path}: cannot be read ({error.strerror})") from None
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"duplicate key {repeated[0]!r}")
+    return dict(pairs)
+
+
+def _parse_json(data: bytes, where: Path | str) -> Any:
+    if not data.strip():
+        raise StoreError(f"{where}: empty; expected JSON")
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+    except UnicodeDecodeError as error:
+        raise StoreError(f"{where}: not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start})") from None
+    except RecursionError:
+        raise StoreError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as error:
+        raise StoreError(f"{where}: not valid JSON ({error})") from None
+
+
+def _read_manifest(folder: Path) -> _Manifest:
     path = folder / MANIFEST
     if not folder.is_dir():
         raise StoreError(f"{folder}: no such memory store folder")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise StoreError(f"{path}: missing; {folder} is not a saved memory store")
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise StoreError(f"{path}: not valid JSON ({error})") from None
-    required = {"format", "generation", "config", "dim", "model", "count", "index_file", "memories_file", "files"}
-    if not isinstance(manifest, dict) or not required <= set(manifest):
-        missing = sorted(required - set(manifest)) if isinstance(manifest, dict) else sorted(required)
+    raw = _parse_json(_read_regular(path, _MANIFEST_LIMIT), path)
+    if not isinstance(raw, dict) or not set(_MANIFEST_KEYS) <= set(raw):
+        missing = [key for key in _MANIFEST_KEYS if not isinstance(raw, dict) or key not in raw]
         raise StoreError(f"{path}: not a memory-store manifest (missing {', '.join(missing)})")
-    if manifest["format"] != FORMAT:
-        raise StoreError(f"{path}: format {manifest['format']!r}, this version reads {FORMAT!r}")
-    return manifest
+    if raw["format"] != FORMAT:
+        raise StoreError(f"{path}: format {raw['format']!r}, this version reads {FORMAT!r}")
+    generation = _manifest_int(raw, "generation", path, low=1, high=_MAX_GENERATION)
+    count = _manifest_int(raw, "count", path, low=0, high=_ID_MASK)
+    dim = None if raw["dim"] is None else _manifest_int(raw, "dim", path, low=1, high=_MAX_DIM)
+    memories_file = _manifest_name(raw, "memories_file", f"memories-{generation}.jsonl", path)
+    index_name = f"index-{generation}.faiss"
+    index_file = None if raw["index_file"] is None else _manifest_name(raw, "index_file", index_name, path)
+    if index_file is None and count:
+        raise StoreError(f"{path}: index_file is null but the store has {count} memories; an index file is expected")
+    if index_file is not None and dim is None:
+        raise StoreError(f"{path}: dim is null but the store has an index; expected the vectors' dimension")
+    used = [memories_file] + ([index_file] if index_file else [])
+    return _Manifest(
+        path=path,
+        generation=generation,
+        config=_manifest_config(raw["config"], path),
+        dim=dim,
+        model=raw["model"],
+        count=count,
+        index_file=index_file,
+        memories_file=memories_file,
+        files=_manifest_files(raw["files"], used, path),
+    )
 
 
-def _check_file(path: Path, record: dict[str, Any], verify: bool) -> None:
-    if not path.is_file():
-        raise StoreError(f"{path}: missing (named by {path.parent / MANIFEST})")
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        raise StoreError(f"{path}: {size} bytes, the manifest recorded {record['bytes']}: the file is damaged")
-    if verify and _sha256(path) != record["sha256"]:
+def _manifest_int(raw: dict[str, Any], key: str, path: Path, *, low: int, high: int) -> int:
+    value = raw[key]
+    if not _is_int(value) or not low <= value <= high:
+        raise StoreError(f"{path}: {key} is {_shown(value)}; expected an integer from {low} to {high}")
+    return value
+
+
+def _manifest_name(raw: dict[str, Any], key: str, expected: str, path: Path) -> str:
+    # only the name this generation's save writes: no folders, no '..', no absolute paths, no devices
+    if raw[key] != expected:
+        raise StoreError(f"{path}: {key} is {_shown(raw[key])}; expected {expected!r} (a file of this store's folder)")
+    return expected
+
+
+def _manifest_config(value: Any, path: Path) -> MemoryStoreConfig:
+    from pydantic import ValidationError
+
+    if not isinstance(value, dict):
+        raise StoreError(f"{path}: config is {_shown(value)}; expected an object of memory-store options")
+    try:
+        return MemoryStoreConfig.model_validate(value)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in ("config", *first["loc"]))
+        raise StoreError(f"{path}: {where}: {first['msg']}") from None
+
+
+def _manifest_files(value: Any, used: list[str], path: Path) -> dict[str, _FileRecord]:
+    """Exactly the files the manifest uses, each with its size and SHA-256: none can escape the checks."""
+    if not isinstance(value, dict) or sorted(value) != sorted(used):
+        found = f"lists {sorted(value)}" if isinstance(value, dict) else f"is {_shown(value)}"
+        raise StoreError(f"{path}: files {found}; expected a record for each of {used} and nothing else")
+    records = {}
+    for name in used:
+        record = value[name]
+        size = record.get("bytes") if isinstance(record, dict) else None
+        digest = record.get("sha256") if isinstance(record, dict) else None
+        if not _is_int(size) or size < 0 or not isinstance(digest, str):
+            raise StoreError(
+                f'{path}: files.{name} is {_shown(record)}; expected {{"bytes": <size>, "sha256": <hex digest>}}'
+            )
+        records[name] = _FileRecord(size, digest)
+    return records
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _check_file(path: Path, record: _FileRecord, verify: bool) -> None:
+    size = _check_regular(path).st_size
+    if size != record.bytes:
+        raise StoreError(f"{path}: {size} bytes, the manifest recorded {record.bytes}: the file is damaged")
+    if verify and _sha256(path) != record.sha256:
         raise StoreError(f"{path}: checksum mismatch: the file is damaged or was changed outside omnimm")
 
 
 def _read_memories(path: Path) -> dict[int, Memory]:
     memories: dict[int, Memory] = {}
-    with open(path, encoding="utf-8") as handle:
+    with _open_regular(path) as handle:
         for number, line in enumerate(handle, 1):
-            try:
-                row = json.loads(line)
-                memory = Memory(int(row["id"]), str(row["text"]), dict(row.get("meta") or {}))
-            except (ValueError, KeyError, TypeError) as error:
-                raise StoreError(f"{path}:{number}: not a memory record ({error})") from None
+            where = f"{path}:{number}"
+            if not line.endswith(b"\n"):
+                raise StoreError(f"{where}: the last record has no line end: the file is truncated")
+            memory = _memory_record(_parse_json(line, where), where)
+            if memory.id in memories:
+                raise StoreError(f"{where}: id {memory.id} repeats an earlier line; expected one record per id")
             memories[memory.id] = memory
     return memories
+
+
+def _memory_record(row: Any, where: str) -> Memory:
+    if not isinstance(row, dict):
+        raise StoreError(f"{where}: not a memory record (expected an object with id, text, meta)")
+    memory_id, text, meta = row.get("id"), row.get("text"), row.get("meta") or {}
+    if not _is_int(memory_id) or not 0 <= memory_id <= _ID_MASK:
+        raise StoreError(f"{where}: id is {_shown(memory_id)}; expected an integer from 0 to 2**63 - 1")
+    if not isinstance(text, str):
+        raise StoreError(f"{where}: text is {_shown(text)}; expected a string")
+    if not isinstance(meta, dict):
+        raise StoreError(f"{where}: meta is {_shown(meta)}; expected an object")
+    return Memory(memory_id, text, meta)
+
+
+def _check_index_header(path: Path, manifest: _Manifest) -> None:
+    """faiss allocates what a file's header claims before reading it: the claims must fit the manifest and the file."""
+    with _open_regular(path) as handle:
+        header = handle.read(16)
+    size = path.stat().st_size
+    if len(header) < 16:
+        raise StoreError(f"{path}: faiss cannot read this index ({size} bytes, shorter than a header: truncated)")
+    dim, total = struct.unpack("<iq", header[4:16])
+    if dim != manifest.dim:
+        raise StoreError(f"{path}: index dimension {dim}, manifest says {manifest.dim}")
+    kind = manifest.config.index
+    if total < manifest.count if kind == "hnsw" else total != manifest.count:
+        raise StoreError(f"{path}: the index holds {total} vectors but the manifest counts {manifest.count} memories")
+    if total * dim * 4 > size:
+        raise StoreError(
+            f"{path}: faiss cannot read this index ({total} vectors of dimension {dim} do not fit in {size} bytes: "
+            f"the file is truncated)"
+        )
 
 
 def _read_index(path: Path) -> Any:
     try:
         return _faiss().read_index(str(path))
+    except MemoryError:
+        raise StoreError(f"{path}: faiss cannot read this index (it claims more memory than there is)") from None
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StoreError(f"{path}: faiss cannot read this index ({first_line})") from None
+
+
+def _index_kind(index: Any) -> str | None:
+    """Which of our three layouts a loaded faiss index is (`IDMap2,Flat`, `IDMap2,HNSW`, `IVF,Flat`), if any."""
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexIVFFlat):
+        return "ivf"
+    if isinstance(index, faiss.IndexIDMap2):
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexHNSWFlat):
+            return "hnsw"
+        if isinstance(inner, faiss.IndexFlat):
+            return "flat"
+    return None
+
+
+def _index_ids(index: Any) -> set[int]:
+    faiss = _faiss()
+    if isinstance(index, faiss.IndexIDMap2):
+        return set(faiss.vector_to_array(index.id_map).tolist())
+    lists = index.invlists
+    found: set[int] = set()
+    for number in range(index.nlist):
+        size = lists.list_size(number)
+        if size:
+            found.update(faiss.rev_swig_ptr(lists.get_ids(number), size).tolist())
+    return found
