@@ -496,7 +496,7 @@ def test_session_with_a_local_llm_counts_with_its_tokenizer_and_resumes(tmp_path
     assert reply.prompt.messages[-1]["content"] == "JULIET: Wherefore art thou sad?"
     assert [h.rank for h in reply.hits] == [0, 1]
     session.save(tmp_path / "session.json")
-    resumed = RolePlaySession.resume(tmp_path / "session.json", encoder=minilm)
+    resumed = RolePlaySession.resume(tmp_path / "session.json", encoder=minilm, llm_config=TINY_LLAMA)
     assert resumed.history == session.history and resumed.config == session.config
 
 
@@ -560,11 +560,70 @@ def test_cli_builds_searches_and_chats_with_a_served_model(tmp_path: Path, scrip
         assert chat.returncode == 0, chat.stderr
         assert "ROMEO: reply 1 to: JULIET: Who goes there?" in chat.stdout
         assert "--- prompt (history: 0 exchanges)" in chat.stdout
-        resumed = run_cli("haruhi", "chat", "--session", session, stdin="And now?\n")
+        resumed = run_cli("haruhi", "chat", "--session", session, "--endpoint", server.url, stdin="And now?\n")
         assert resumed.returncode == 0, resumed.stderr
         assert [m["role"] for m in server.requests[-1]["messages"]] == ["system", "user", "assistant", "user"]
     saved = json.loads(session.read_text())
     assert [h["user"] for h in saved["history"]] == ["JULIET: Who goes there?", "JULIET: And now?"]
+
+
+def received_session(tmp_path: Path, romeo: Character, minilm, base_url: str) -> Path:
+    """A session file as someone else could write it: its backend names their server and a key variable."""
+    path = tmp_path / "received.json"
+    RolePlaySession.from_config({"character": str(romeo.folder)}, encoder=minilm).save(path)
+    data = json.loads(path.read_text())
+    data["config"]["llm"] = {
+        "name": "openai/chat", "base_url": base_url, "model": "m", "api_key_env": "HARUHI_TEST_API_KEY"
+    }  # fmt: skip
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_resume_never_builds_the_backend_a_session_file_names(tmp_path: Path, romeo: Character, minilm, monkeypatch):
+    monkeypatch.setenv("HARUHI_TEST_API_KEY", "sk-secret")
+    with openai_server() as stranger, openai_server() as own:
+        path = received_session(tmp_path, romeo, minilm, stranger.url)
+        resumed = RolePlaySession.resume(path, encoder=minilm)
+        assert resumed.llm is None and resumed.config.llm is None
+        mine = {"name": "openai/chat", "base_url": own.url, "model": "mine"}
+        answered = RolePlaySession.resume(path, encoder=minilm, llm_config=mine)
+        assert answered.ask("Hello?").text == "reply 1 to: Hello?"
+        assert stranger.seen == [] and own.requests[0]["model"] == "mine"
+
+
+@pytest.mark.timeout(600)
+def test_cli_chat_resumed_from_a_received_file_talks_only_to_the_users_backend(
+    tmp_path: Path, romeo: Character, minilm, monkeypatch
+):
+    monkeypatch.setenv("HARUHI_TEST_API_KEY", "sk-secret")  # inherited by the subprocesses
+    with openai_server() as stranger, openai_server() as own:
+        path = received_session(tmp_path, romeo, minilm, stranger.url)
+        unused = run_cli("haruhi", "chat", "--session", path, stdin="Hello?\n")
+        assert unused.returncode == 0, unused.stderr
+        assert f"the saved llm (openai/chat at {stranger.url}) is not used" in unused.stderr
+        assert "no LLM configured" in unused.stdout
+        mine = run_cli("haruhi", "chat", "--session", path, "--endpoint", own.url, stdin="Hello?\n")
+        assert mine.returncode == 0, mine.stderr
+        assert "ROMEO: reply 1 to: Hello?" in mine.stdout
+        assert stranger.seen == []  # neither the conversation nor the key went there
+
+
+@pytest.mark.timeout(600)
+def test_cli_chat_survives_a_failed_turn_and_saves_the_good_one(tmp_path: Path, romeo: Character):
+    session = tmp_path / "chat.json"
+    with openai_server() as server:
+        server.fail_with = [400]  # not retried: the first turn fails, the second is answered
+        chat = run_cli(
+            "haruhi", "chat", romeo.folder, "--endpoint", server.url, "--session", session,
+            stdin="First?\nSecond?\n",
+        )  # fmt: skip
+        assert [m["role"] for m in server.requests[1]["messages"]] == ["system", "user"]  # no failed turn in it
+    assert chat.returncode == 1  # some turn failed
+    errors = [line for line in chat.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "HTTP 400" in errors[0] and "Traceback" not in chat.stderr, chat.stderr
+    assert "ROMEO: reply 2 to: Second?" in chat.stdout
+    saved = json.loads(session.read_text())
+    assert [(h["user"], h["reply"]) for h in saved["history"]] == [("Second?", "reply 2 to: Second?")]
 
 
 def test_cli_chat_without_llm_prints_the_prompt_and_export_import_round_trip(tmp_path: Path, romeo: Character):

@@ -154,7 +154,11 @@ def chat_command(
     ] = None,
     role: Annotated[str | None, typer.Option(help="The name you speak as (e.g. JULIET).")] = None,
 ) -> None:
-    """Chat with a character. One line per turn; /reset clears the history, /exit (or end of input) quits."""
+    """Chat with a character. One line per turn; /reset clears the history, /exit (or end of input) quits.
+
+    A turn the backend fails is reported in one line and left out of the history; the chat goes on, and the exit
+    status is 1 when any turn failed. A resumed session file never chooses the backend: give your own.
+    """
     from omnimm_plugins.haruhi.session import RolePlaySession, read_session, saved_history
 
     saved = read_session(session) if session is not None and session.exists() else None
@@ -166,28 +170,42 @@ def chat_command(
         values["llm"] = None
     if role is not None:
         values["user_role"] = role
+    if saved is not None and values.get("llm") is None and not no_llm:
+        _note_unused_backend(session, saved)
     chat = RolePlaySession.from_config(values)
     if saved is not None:
         chat.history = saved_history(saved)
-    _repl(chat, show_prompt=show_prompt or chat.llm is None, session=session)
+    failed = _repl(chat, show_prompt=show_prompt or chat.llm is None, session=session)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _session_values(character: Path | None, config: Path | None, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The session options: a saved session's (without its backend), else --config's; `llm` only from --config."""
     from omnimm.config import read_config_file
+    from omnimm_plugins.haruhi.session import without_backend
 
-    values: dict[str, Any] = {}
-    if saved is not None:
-        values = dict(saved["config"])
-    elif config is not None:
+    own: dict[str, Any] = {}
+    if config is not None:
         data, _ = read_config_file(config)
         if not isinstance(data, dict):
             raise typer.BadParameter(f"{config}: expected a mapping of session options")
-        values = dict(data)
+        own = dict(data)
+    values = without_backend(saved["config"]) if saved is not None else dict(own)
+    if "llm" in own:
+        values["llm"] = own["llm"]
     if character is not None:
         values["character"] = str(character)
     if "character" not in values:
         raise typer.BadParameter("give a CHARACTER folder (or `character:` in --config)")
     return values
+
+
+def _note_unused_backend(session: Path | None, saved: dict[str, Any]) -> None:
+    from omnimm_plugins.haruhi.session import unused_backend_note
+
+    if saved["config"].get("llm"):
+        _console(stderr=True).print(f"note: {session}: {unused_backend_note(saved['config']['llm'])}", markup=False)
 
 
 def _llm_choice(llm: Path | None, endpoint: str | None, model: str, smollm2: bool, no_llm: bool) -> Any:
@@ -207,9 +225,11 @@ def _llm_choice(llm: Path | None, endpoint: str | None, model: str, smollm2: boo
     return None
 
 
-def _repl(chat: Any, *, show_prompt: bool, session: Path | None) -> None:
+def _repl(chat: Any, *, show_prompt: bool, session: Path | None) -> int:
+    """Answer stdin line by line; returns how many turns the backend failed."""
     console = _console()
     name = chat.character.name
+    failed = 0
     if chat.llm is None:
         console.print(f"{name}: no LLM configured; showing retrieval and the composed prompt only.", markup=False)
     for line in sys.stdin:
@@ -229,10 +249,24 @@ def _repl(chat: Any, *, show_prompt: bool, session: Path | None) -> None:
         if show_prompt:
             prompt, hits = chat.prepare(text)
             _print_prompt(console, prompt, hits)
-        reply = chat.ask(text)
-        console.print(f"{name}: {reply.text}", markup=False)
+        failed += not _answer(console, chat, text)
         if session is not None:
-            chat.save(session)
+            chat.save(session)  # atomic; a failed turn leaves the history as it was
+    return failed
+
+
+def _answer(console: Any, chat: Any, text: str) -> bool:
+    """One turn; a backend failure is one line on stderr (not in the history), and the chat goes on."""
+    from omnimm.errors import BackendError
+
+    try:
+        reply = chat.ask(text)
+    except BackendError as error:
+        reason = " ".join(str(error).split())
+        _console(stderr=True).print(f"error: {reason} (turn not answered; send it again or go on)", markup=False)
+        return False
+    console.print(f"{chat.character.name}: {reply.text}", markup=False)
+    return True
 
 
 def _print_prompt(console: Any, prompt: Any, hits: list[Any]) -> None:

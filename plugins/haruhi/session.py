@@ -4,13 +4,14 @@
 session = RolePlaySession.from_config({"character": "ROMEO", "llm": {"name": "openai/chat", ...}})
 reply = session.ask("Where is Juliet?")
 print(reply.text, reply.prompt.render())
-session.save("romeo-session.json")            # JSON; resume with RolePlaySession.resume(...)
+session.save("romeo-session.json")            # JSON; resume with RolePlaySession.resume(..., llm_config=...)
 ```
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,8 @@ from omnimm_plugins.haruhi.prompt import (
 )
 
 SESSION_FORMAT = "omnimm-haruhi-session/1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,10 +148,25 @@ class RolePlaySession:
         return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
     @classmethod
-    def resume(cls, path: str | os.PathLike[str], **parts: Any) -> RolePlaySession:
-        """Rebuild a saved session (config + history); `parts` (llm, encoder, count_tokens) override the config's."""
+    def resume(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        llm_config: ComponentConfig | Mapping[str, Any] | None = None,
+        **parts: Any,
+    ) -> RolePlaySession:
+        """Rebuild a saved session (config + history); `parts` (llm, encoder, count_tokens) override the config's.
+
+        The file's own `llm` is never built: a session file may come from someone else, and its backend could send
+        the user's API key (or the conversation) to any server. Pass `llm_config` (the user's own) or `llm`.
+        """
         data = read_session(path)
-        session = cls.from_config(data["config"], **parts)
+        values = without_backend(data["config"])
+        if llm_config is not None:
+            values["llm"] = llm_config
+        elif "llm" not in parts and data["config"].get("llm"):
+            log.warning("%s: %s", path, unused_backend_note(data["config"]["llm"]))
+        session = cls.from_config(values, **parts)
         session.history = saved_history(data)
         return session
 
@@ -167,6 +185,22 @@ def read_session(path: str | os.PathLike[str]) -> dict[str, Any]:
     ):
         raise ValueError(f"{source}: history: expected a list of {{user, reply}} strings")
     return data
+
+
+def without_backend(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved session config without its `llm`: the backend (endpoint, key variable) comes from the user."""
+    return {key: value for key, value in config.items() if key != "llm"}
+
+
+def unused_backend_note(llm: Any) -> str:
+    """Says that a session file's backend is not used, naming it."""
+    described = llm.get("name", "?") if isinstance(llm, dict) else "?"
+    if isinstance(llm, dict) and llm.get("base_url"):
+        described += f" at {llm['base_url']}"
+    return (
+        f"the saved llm ({described}) is not used: a session file never chooses the backend (it could send your "
+        "API key elsewhere); give your own (--endpoint, --llm, --smollm2, or `llm` in --config)"
+    )
 
 
 def saved_history(data: dict[str, Any]) -> list[Exchange]:
