@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from omnimm import ComponentConfig, ConfigError, FuserRef, Ref, RunConfig, field_error, fusers, models
 from omnimm.builtin.configs import MLPConfig, MultimodalEncoderConfig, TinyViTConfig
@@ -413,3 +413,207 @@ def test_arbitrary_documents_only_ever_raise_config_error(value):
         validate_config(value)
     except ConfigError as error:
         assert error.issues and all(issue.message for issue in error.issues)
+
+
+# -- hostile files: one ConfigError naming the file and line, in bounded time --------------------------------------
+
+
+def _billion_laughs(levels: int = 9, width: int = 10) -> str:
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join([*lines, f"model: *l{levels}", ""])
+
+
+HOSTILE_FILES = {
+    "nul.yaml": (b"model:\n  name: a\x00b\n", 2, "control character U+0000 at column 10"),
+    "bell.json": (b'{"model":\n "a\x07"}', 2, "control character U+0007"),
+    "escape.yaml": (b"model: omnimm/multimodal-encoder\nx: \x1b[31m\n", 2, "control character U+001B"),
+    "latin1.yaml": ("model:\n  name: caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text: byte 0xe9"),
+    "utf16.yaml": ("model: omnimm/multimodal-encoder\n".encode("utf-16"), 1, "UTF-16 text (save it as UTF-8)"),
+    "badfloat.yaml": (
+        b"model:\n  name: omnimm/multimodal-encoder\n  x: !!float nope\n",
+        3,
+        "cannot read 'nope' as float",
+    ),
+    "badtime.yaml": (b"model: !!timestamp 2020-13-45\n", 1, "cannot read '2020-13-45' as timestamp"),
+    "digits.yaml": (b"model:\n  x: " + b"9" * 5000 + b"\n", 2, "integer with 5000 digits is too large"),
+    "digits.json": (b'{"model":\n {"x": -' + b"9" * 5000 + b"}}", 2, "integer with 5000 digits is too large"),
+    "deep.yaml": (b"model:\n  x: " + b"[" * 500 + b"]" * 500 + b"\n", 2, "nested more than 100 levels deep"),
+    "deep.json": (b'{"model":\n' + b"[" * 5000 + b"]" * 5000 + b"}", 2, "nested more than 100 levels deep"),
+    "cycle.yaml": (b"model: &a [*a]\n", 1, "alias '*a' refers to a node that contains it (a cycle)"),
+    "mapcycle.yaml": (b"model: &m\n  fuser:\n    inner: *m\n", 3, "alias '*m' refers to a node that contains it"),
+    "bomb.yaml": (_billion_laughs().encode(), 5, "more than 100000 keys and values once its aliases are expanded"),
+    "deepalias.yaml": (
+        b"a: &a " + b"[" * 60 + b"]" * 60 + b"\nmodel: " + b"[" * 60 + b"*a" + b"]" * 60 + b"\n",
+        2,
+        "nested more than 100 levels deep",
+    ),
+    "flat.json": (b'{"model": [' + b",".join([b"1"] * 100_001) + b"]}", None, "more than 100000 keys and values"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_hostile_files_give_one_config_error_with_file_and_line(tmp_path, name):
+    content, line, expected = HOSTILE_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    (issue,) = caught.value.issues
+    assert expected in issue.message
+    assert issue.line == line
+    assert caught.value.source == str(path)
+
+
+@pytest.mark.timeout(30)
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path):
+    from omnimm.configfiles import MAX_CONFIG_BYTES
+
+    path = tmp_path / "huge.yaml"
+    path.write_bytes(b"model: omnimm/multimodal-encoder\n" + b"# padding\n" * (MAX_CONFIG_BYTES // 10))
+    with pytest.raises(ConfigError, match=r"file is too large \(\d+ bytes; config files are limited to 1 MiB\)"):
+        load_config(path)
+
+
+def test_nesting_up_to_the_limit_loads_and_one_level_more_is_refused(tmp_path):
+    from omnimm.configfiles import MAX_NESTING, read_config_file
+
+    inner = MAX_NESTING - 1  # the top-level mapping is the first level
+    assert read_config_file(write(tmp_path / "ok.yaml", "a: " + "[" * inner + "]" * inner))[0]
+    assert read_config_file(write(tmp_path / "ok.json", '{"a": ' + "[" * inner + "]" * inner + "}"))[0]
+    with pytest.raises(ConfigError, match="nested more than 100 levels"):
+        read_config_file(write(tmp_path / "no.yaml", "a: " + "[" * (inner + 1) + "]" * (inner + 1)))
+    with pytest.raises(ConfigError, match="nested more than 100 levels"):
+        read_config_file(write(tmp_path / "no.json", '{"a": ' + "[" * (inner + 1) + "]" * (inner + 1) + "}"))
+
+
+def test_ordinary_aliases_and_merge_keys_still_load_with_lines(tmp_path):
+    from omnimm.configfiles import read_config_file
+
+    text = "base: &vit {name: omnimm/tiny-vit, dim: 32, heads: 2}\nmodel:\n  <<: *vit\n  again: *vit\n"
+    data, positions = read_config_file(write(tmp_path / "aliases.yaml", text))
+    assert data["model"] == {"name": "omnimm/tiny-vit", "dim": 32, "heads": 2, "again": data["base"]}
+    assert positions[("model", "again")] == 4
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf{"name": "omnimm/mlp", "out_dim": 4}')
+    assert isinstance(load_config(path), MLPConfig)
+
+
+# -- numbers no run can use ----------------------------------------------------------------------------------------
+
+
+def _vit_run(**options: object) -> dict:
+    return {
+        "model": {"name": "omnimm/multimodal-encoder", "encoders": {"image": {"name": "omnimm/tiny-vit", **options}}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "path", "expected"),
+    [
+        ("image_size: 1.0e+59", 5, "model.encoders.image.image_size", "too large: an integer field takes at most"),
+        ("image_size: " + "1" + "0" * 59, 5, "model.encoders.image.image_size", "too large"),
+        ("image_size: '123456789012345678901'", 5, "model.encoders.image.image_size", "too large"),
+        ("depth: true", 5, "model.encoders.image.depth", "expected an integer, got a boolean (true)"),
+        ("dropout: .inf", 5, "model.encoders.image.dropout", "must be a finite number, got inf"),
+        ("mlp_ratio: .nan", 5, "model.encoders.image.mlp_ratio", "must be a finite number, got nan"),
+        ("mlp_ratio: false", 5, "model.encoders.image.mlp_ratio", "expected a number, got a boolean (false)"),
+    ],
+)
+def test_unusable_numbers_are_refused_with_field_path_and_line(tmp_path, text, line, path, expected):
+    body = "model:\n  name: omnimm/multimodal-encoder\n  encoders:\n    image:\n      " + text + "\n"
+    body += "      name: omnimm/tiny-vit\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "run.yaml", body))
+    issue = caught.value.issues[0]
+    assert (issue.path, issue.line) == (path, line)
+    assert expected in issue.message
+
+
+def test_unusable_training_numbers_are_refused_in_json(tmp_path):
+    stage = {"name": "s", "train": ["adapter"], "data": "x", "batch_size": 1e69, "learning_rate": "inf"}
+    run = {**_vit_run(), "train": {"output_dir": "out", "stages": [stage], "seed": True}}
+    text = json.dumps(run).replace('"inf"', "Infinity")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path / "run.json", text))
+    messages = {issue.path: issue.message for issue in caught.value.issues}
+    assert messages["train.stages[0].batch_size"].startswith("too large")
+    assert messages["train.stages[0].learning_rate"] == "must be a finite number, got inf"
+    assert messages["train.seed"].startswith("expected an integer, got a boolean")
+
+
+def test_number_rules_reach_every_config_subclass_and_its_containers():
+    class GadgetConfig(ComponentConfig):
+        sizes: list[int] = Field(default_factory=list)
+        rates: dict[str, float] = Field(default_factory=dict)
+        shape: tuple[int, int] = (1, 1)
+        limit: int | None = None
+        either: int | str = 0
+        flag: bool = False
+        anything: object = None
+        threshold: float = Field(0.0, allow_inf_nan=True)
+        """This field opts in to infinities."""
+
+    with pytest.raises(ConfigError) as caught:
+        GadgetConfig.from_dict(
+            {"sizes": [1, True], "rates": {"a": float("nan")}, "shape": [1, 2**60], "limit": 2**64, "either": False}
+        )
+    assert [issue.path for issue in caught.value.issues] == ["sizes[1]", "shape[1]", "limit", "either", "rates.a"]
+    accepted = GadgetConfig.from_dict(
+        {"sizes": [2**53], "flag": True, "anything": True, "threshold": float("inf"), "either": "x", "limit": -5}
+    )
+    assert accepted.threshold == float("inf") and accepted.flag is True and accepted.sizes == [2**53]
+    with pytest.raises(ValidationError, match="got a boolean"):
+        GadgetConfig(limit=True)  # Python construction goes through the same rule
+
+
+# -- names that become paths ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../up", "", "x" * 101])
+def test_stage_names_that_are_not_safe_folder_names_are_refused(name):
+    stage = {"name": name, "train": ["adapter"], "data": "x"}
+    with pytest.raises(ConfigError) as caught:
+        validate_config({**_vit_run(), "train": {"output_dir": "out", "stages": [stage]}})
+    assert "train.stages[0].name" in [issue.path for issue in caught.value.issues]
+
+
+@pytest.mark.parametrize(
+    "name", ["valley:../../pyproject.toml", "valley:../configs/demo", "valley:/etc/hostname", "valley:./demo"]
+)
+def test_packaged_config_names_stay_inside_the_plugin_configs_folder(name):
+    from omnimm.config import resolve_config_path
+
+    assert resolve_config_path("valley:demo").name == "demo.yaml"
+    with pytest.raises(ConfigError, match="leaves the plugin's configs folder"):
+        resolve_config_path(name)
+
+
+# -- the CLI: one issue line and a failing exit, no traceback ------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_cli_reports_hostile_files_without_a_traceback(tmp_path, cli):
+    names = ["nul.yaml", "badfloat.yaml", "digits.json", "deep.yaml", "deep.json", "cycle.yaml", "bomb.yaml"]
+    for name in names:
+        (tmp_path / name).write_bytes(HOSTILE_FILES[name][0])
+    (tmp_path / "bool.yaml").write_text(
+        "model:\n  name: omnimm/multimodal-encoder\n  encoders: {a: {name: omnimm/tiny-vit, depth: true}}\n"
+    )
+    for name in [*names, "bool.yaml"]:
+        result = cli("config", "validate", tmp_path / name)
+        assert result.returncode == 1, result.output
+        assert "Traceback" not in result.output
+        head, issue, *rest = result.stderr.splitlines()
+        assert head == f"{tmp_path / name}: 1 config error" or head.startswith(f"{tmp_path / name}: 1 config error in")
+        assert issue.startswith(f"  {tmp_path / name}:") and not rest
+    result = cli("config", "validate", "valley:../../pyproject")
+    assert (
+        result.returncode == 1
+        and "Traceback" not in result.output
+        and "leaves the plugin's configs folder" in result.output
+    )

@@ -6,14 +6,17 @@ Import them from `omnimm.config` (or `omnimm`); this module sits below the regis
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import fnmatch
 import json
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+import types
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -24,29 +27,43 @@ from omnimm.files import atomic_write_text
 
 C = TypeVar("C", bound="Config")
 
+MAX_CONFIG_INT = 2**53
+"""Largest magnitude an integer field takes (every integer a float holds exactly): far past any size, count or seed
+a run uses, and small enough that nothing downstream overflows."""
+
 
 class Config(BaseModel):
-    """Strict pydantic base: unknown keys are rejected with a close-match suggestion; defaults are validated."""
+    """Strict pydantic base: unknown keys are rejected with a close-match suggestion; defaults are validated.
+
+    Numbers no run can use are refused for every subclass: `inf`/`nan` for a float field (a field opts in with
+    `Field(allow_inf_nan=True)`), a boolean for an int or float field (pydantic would read `true` as 1), and an
+    integer beyond `MAX_CONFIG_INT` for an int field.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         protected_namespaces=(),
         use_attribute_docstrings=True,
         validate_default=True,
+        allow_inf_nan=False,
     )
 
     @model_validator(mode="wrap")
     @classmethod
-    def _explain_unknown_fields(cls, data: Any, handler: Any) -> Any:
+    def _refuse_unusable_input(cls, data: Any, handler: Any) -> Any:
+        refused = list(_unusable_numbers(cls, data))
         try:
-            return handler(data)
+            result = handler(data)
         except ValidationError as error:
             line_errors = error.errors(include_url=False)
-            if not any(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in line_errors):
+            unknown = any(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in line_errors)
+            if not refused and not unknown:
                 raise
-            raise ValidationError.from_exception_data(
-                cls.__name__, [_rebuilt_line_error(cls, e) for e in line_errors]
-            ) from None
+            kept = [_rebuilt_line_error(cls, e) for e in line_errors if not _covered(e["loc"], refused)]
+            raise ValidationError.from_exception_data(cls.__name__, [*refused, *kept]) from None
+        if refused:
+            raise ValidationError.from_exception_data(cls.__name__, refused)
+        return result
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible data; `type(self).model_validate(cfg.to_dict()) == cfg`."""
@@ -115,6 +132,121 @@ def _without_weights(value: Any) -> Any:
         items = [_without_weights(item) for item in value]
         return type(value)(items) if any(a is not b for a, b in zip(items, value, strict=True)) else value
     return value
+
+
+# -- numbers no run can use -------------------------------------------------------------------------------------
+
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?[0-9][0-9_]*\s*$")
+_SEQUENCE_ORIGINS = (
+    list,
+    set,
+    frozenset,
+    collections.abc.Sequence,
+    collections.abc.Set,
+    collections.abc.MutableSequence,
+)
+_MAPPING_ORIGINS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def _unusable_numbers(cls: type[BaseModel], data: Any) -> Iterator[Any]:
+    """A pydantic line error for each boolean given for a number and each integer too large for an int field.
+
+    Walks the raw input along each field's annotation (through unions, lists, tuples and dicts); nested configs
+    check their own fields when they are validated.
+    """
+    if not isinstance(data, Mapping):
+        return
+    fields = {field.alias or name: field for name, field in cls.model_fields.items()}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is not None:
+            yield from _number_errors(field.annotation, value, (key,))
+
+
+def _number_errors(annotation: Any, value: Any, loc: tuple[Any, ...]) -> Iterator[Any]:
+    members = _union_members(annotation)
+    if any(member is Any or member is object for member in members):
+        return
+    if isinstance(value, (bool, int, float, str)):
+        problem = _scalar_problem(members, value)
+        if problem is not None:
+            kind, message = problem
+            yield {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}
+    elif isinstance(value, Mapping):
+        item_type = _only([t for m in members if (t := _value_annotation(m)) is not None])
+        if item_type is not None:
+            for key, item in value.items():
+                yield from _number_errors(item_type, item, (*loc, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            item_type = _only([t for m in members if (t := _item_annotation(m, index)) is not None])
+            if item_type is not None:
+                yield from _number_errors(item_type, item, (*loc, index))
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation, with `Annotated`, `Optional` and nested unions unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _union_members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [member for arg in get_args(annotation) for member in _union_members(arg)]
+    return [annotation]
+
+
+def _value_annotation(annotation: Any) -> Any:
+    """The annotation of the values of a dict-like annotation (`dict[str, float]`), else None."""
+    args = get_args(annotation)
+    return args[1] if get_origin(annotation) in _MAPPING_ORIGINS and len(args) == 2 else None
+
+
+def _item_annotation(annotation: Any, index: int) -> Any:
+    """The annotation of item `index` of a list-like annotation (`list[int]`, `tuple[int, ...]`, `tuple[int, str]`)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+        return args[index] if index < len(args) else None
+    if origin in _SEQUENCE_ORIGINS and len(args) == 1:
+        return args[0]
+    return None
+
+
+def _only(candidates: list[Any]) -> Any:
+    """The one annotation a value could be checked against, or None when there is none or the choice is unclear."""
+    distinct = [c for i, c in enumerate(candidates) if c not in candidates[:i]]  # annotations need not be hashable
+    return distinct[0] if len(distinct) == 1 else None
+
+
+def _scalar_problem(members: list[Any], value: bool | int | float | str) -> tuple[str, str] | None:
+    takes_int, takes_float = int in members, float in members
+    if not (takes_int or takes_float):
+        return None
+    if isinstance(value, bool):
+        if bool in members:
+            return None
+        expected = "an integer" if not takes_float else "a number"
+        return "bool_for_number", f"expected {expected}, got a boolean ({str(value).lower()})"
+    if takes_float or not _too_large(value):
+        return None
+    return "number_too_large", f"too large: an integer field takes at most {MAX_CONFIG_INT} (2**53) in magnitude"
+
+
+def _too_large(value: int | float | str) -> bool:
+    """Whether an int field's input, read as pydantic reads it, would exceed `MAX_CONFIG_INT`."""
+    if isinstance(value, str):
+        if not _INTEGER_TEXT.match(value):
+            return False
+        digits = value.strip().lstrip("+-").replace("_", "").lstrip("0")
+        return len(digits) > 16 and (len(digits) > 4000 or int(digits) > MAX_CONFIG_INT)
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return False  # pydantic's own messages cover fractions, inf and nan
+    return abs(value) > MAX_CONFIG_INT
+
+
+def _covered(loc: tuple[Any, ...], refused: list[Any]) -> bool:
+    """Whether pydantic's error at `loc` is about an input already refused (its message is the less clear one)."""
+    return any(loc[: len(error["loc"])] == error["loc"] for error in refused)
 
 
 def _rebuilt_line_error(cls: type[BaseModel], error: Any) -> Any:
@@ -214,5 +346,7 @@ def issues_from_validation_error(error: ValidationError, positions: Positions | 
             message = message.removeprefix(prefix)
         if item["type"] == "missing" and message == "Field required":
             message = "required field is missing"
+        elif item["type"] == "finite_number":
+            message = f"must be a finite number, got {item.get('input')!r}"
         issues.append(ConfigIssue(format_loc(loc), message, line=_line_for(loc, positions), kind=item["type"]))
     return issues

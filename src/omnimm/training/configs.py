@@ -14,6 +14,7 @@ DatasetRef = Annotated[ComponentConfig, Ref("datasets")]
 """A field holding a dataset's config."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_LENGTH = 100  # file systems take 255 bytes per name; checkpoint folders nest below it
 
 
 class LoRASettings(Config):
@@ -59,8 +60,10 @@ class StageConfig(Config):
     @field_validator("name")
     @classmethod
     def _file_name(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError("use letters, digits, '.', '_' or '-' (it names a folder)")
+        if not _NAME.match(name) or name in (".", ".."):
+            raise ValueError("use letters, digits, '.', '_' or '-', and not just '.' or '..' (it names a folder)")
+        if len(name) > _NAME_LENGTH:
+            raise ValueError(f"at most {_NAME_LENGTH} characters (it names a folder)")
         return name
 
 
