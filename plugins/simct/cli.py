@@ -53,7 +53,7 @@ def gate_command(
                 "classifier": str(classifier) if classifier else None,
             }
         )
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError) as error:  # unreadable or malformed input: exit 2
         errors.print(f"error: {error}", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     result = gate.evaluate(a, b)

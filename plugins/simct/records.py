@@ -5,10 +5,26 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omnimm.errors import ConfigError, ConfigIssue
+
+ALLOWED_FIELDS = ("prompt", "response", "query_type", "id", "sample")
+MAX_REPORTED = 20
+"""Malformed lines listed in one error; the rest are counted (a binary file would otherwise print thousands)."""
+
+
+class _LineError(ValueError):
+    """One line's problem: the field it concerns ('' for the whole line) and what was expected."""
+
+    def __init__(self, path: str, message: str, kind: str = "value_error") -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+        self.kind = kind
 
 
 @dataclass
@@ -27,47 +43,90 @@ class StageResponses:
 def read_responses(path: str | os.PathLike[str]) -> StageResponses:
     """Read a stage's JSONL file; every malformed line is reported with its number (all of them, at once)."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"responses file not found: {file}")
+    if not file.is_file():  # a folder, a device or a pipe: reading it would fail or never end
+        raise ConfigError([ConfigIssue("", "not a regular file; expected a JSON Lines file")], source=str(file))
     stage = StageResponses(str(file))
     grouped: dict[str, list[str]] = defaultdict(list)
     issues: list[ConfigIssue] = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                issues.append(ConfigIssue("", f"invalid JSON: {error.msg}", line=number, kind="syntax"))
-                continue
-            problem = _problem(record)
-            if problem:
-                issues.append(ConfigIssue(problem[0], problem[1], line=number))
-                continue
-            grouped[record["prompt"]].append(record["response"])
-            if record.get("query_type") is not None:
-                stage.query_types.setdefault(record["prompt"], str(record["query_type"]))
+    for record in _records(file, issues):
+        grouped[record["prompt"]].append(record["response"])
+        if record.get("query_type") is not None:
+            stage.query_types.setdefault(record["prompt"], record["query_type"])
     if issues:
-        raise ConfigError(issues, source=str(file), title="responses")
+        raise ConfigError(_capped(issues), source=str(file), title="responses")
     if not grouped:
         raise ConfigError([ConfigIssue("", "no responses in the file")], source=str(file))
     stage.responses = dict(grouped)
     return stage
 
 
-def _problem(record: object) -> tuple[str, str] | None:
+def _records(file: Path, issues: list[ConfigIssue]) -> Iterator[dict[str, Any]]:
+    """Each valid line's record; a problem on a line goes to `issues` and the line is skipped."""
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = _parse_line(raw, first=number == 1, last=not raw.endswith(b"\n"))
+                _check_record(record)
+            except _LineError as error:
+                issues.append(ConfigIssue(error.path, error.message, line=number, kind=error.kind))
+                continue
+            yield record
+
+
+def _parse_line(raw: bytes, *, first: bool, last: bool) -> Any:
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8")  # a byte-order mark from Windows editors is fine
+    except UnicodeDecodeError as error:
+        raise _LineError("", f"not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except _LineError:
+        raise
+    except RecursionError:
+        raise _LineError("", "invalid JSON: nested too deeply", kind="syntax") from None
+    except json.JSONDecodeError as error:
+        hint = " (the file ends mid-line: truncated?)" if last else ""
+        raise _LineError("", f"invalid JSON: {error.msg} (column {error.colno}){hint}", kind="syntax") from None
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON keeps the last of repeated keys silently; a record with two prompts is ambiguous, not a choice to make
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _LineError(key, "duplicate key (each field may appear once per record)")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _check_record(record: object) -> None:
     if not isinstance(record, dict):
-        return "", f"expected an object with 'prompt' and 'response', got {type(record).__name__}"
+        raise _LineError("", f"expected an object with 'prompt' and 'response', got {type(record).__name__}")
     for key in ("prompt", "response"):
         if key not in record:
-            return key, "required field is missing"
+            raise _LineError(key, "required field is missing")
         if not isinstance(record[key], str):
-            return key, f"must be a string, got {type(record[key]).__name__}"
-    unknown = sorted(set(record) - {"prompt", "response", "query_type", "id", "sample"})
+            raise _LineError(key, f"must be a string, got {type(record[key]).__name__}")
+    unknown = sorted(set(record) - set(ALLOWED_FIELDS))
     if unknown:
-        return unknown[0], "unknown field (allowed: prompt, response, query_type, id, sample)"
-    return None
+        raise _LineError(unknown[0], f"unknown field (allowed: {', '.join(ALLOWED_FIELDS)})")
+    if record.get("query_type") is not None and not isinstance(record["query_type"], str):
+        raise _LineError("query_type", f"must be a string or null, got {type(record['query_type']).__name__}")
+    for key in ("id", "sample"):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise _LineError(key, f"must be a string or an integer, got {type(value).__name__}")
+
+
+def _capped(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    if len(issues) <= MAX_REPORTED:
+        return issues
+    rest = len(issues) - MAX_REPORTED
+    return [*issues[:MAX_REPORTED], ConfigIssue("", f"and {rest} more malformed lines (not listed)")]
 
 
 def write_responses(path: str | os.PathLike[str], rows: list[dict[str, str]]) -> Path:
