@@ -134,3 +134,9 @@ def test_api_key_env_must_name_an_api_key_variable(name: str):
 def test_streamed_answers_are_refused_in_the_config():
     with pytest.raises(ConfigError, match=r"extra_body\.stream"):
         llms.validate({"name": "openai/chat", "base_url": "http://x/v1", "model": "m", "extra_body": {"stream": True}})
+
+
+def test_https_to_a_server_without_tls_is_one_error_and_not_retried():
+    with raw_socket_server(b"HTTP/1.1 400 Bad Request\r\n\r\n") as url:
+        text = failure(backend(url.replace("http://", "https://"), max_retries=2))
+    assert "TLS failed" in text and "attempt" not in text

@@ -117,16 +117,19 @@ class OpenAIChat:
         """One request under one deadline: the raw answer, or `_Retryable` / `BackendError`."""
         request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
         failure: Exception | None = None
+        timed_out = False  # a socket timeout and the deadline read the same: the request took too long
         with _Deadline(self.config.timeout) as deadline:
             try:
                 raw = _read_answer(self.url, _opener(deadline).open(request, timeout=self.config.timeout))
             except urllib.error.HTTPError as error:
                 failure = self._status_failure(error, "Authorization" in request.headers)
             except urllib.error.URLError as error:
+                timed_out = isinstance(error.reason, TimeoutError)
                 failure = self._failure(*_unreachable(error.reason))
             except (http.client.HTTPException, OSError, ValueError) as error:
+                timed_out = isinstance(error, TimeoutError)
                 failure = self._failure(*_transport_failure(error))
-        if deadline.expired:
+        if deadline.expired or timed_out:
             raise _Retryable(f"no complete answer within the {self.config.timeout:g} s timeout")
         if failure is not None:
             raise failure
@@ -201,8 +204,6 @@ def _transport_failure(error: BaseException) -> tuple[str, bool]:
         return f"the answer was cut short ({len(error.partial)} bytes read{more})", True
     if isinstance(error, (http.client.HTTPException, ValueError)):
         return f"malformed HTTP answer ({type(error).__name__}: {error})", False
-    if isinstance(error, TimeoutError):
-        return "no data from the server within the timeout", True
     if isinstance(error, ConnectionResetError):
         return "the connection was reset by the server", True
     return f"the connection failed ({type(error).__name__}: {error})", True
