@@ -152,7 +152,11 @@ def test_a_component_of_a_skipped_plugin_says_why_it_is_missing(cli, site, tmp_p
 def test_two_distributions_with_the_same_plugin_name_are_reported(cli, site):
     site.distribution("impostor-dist", plugins={"good": "impostor_plugin"}, modules={"impostor_plugin": GOOD_PLUGIN})
     shown = cli("plugins", env=site.env)
-    assert "another plugin is already called 'good'" in shown.stdout
+    rows = [line for line in shown.stdout.splitlines() if line.startswith("│ good ")]
+    assert len(rows) == 2, shown.output
+    (loser,) = [row for row in rows if "failed" in row]
+    assert "name clash: 'good' is already another plugin" in loser
+    assert "good-dist 0.1.0, good_plugin" in loser and "impostor-dist 0.1.0, impostor_plugin" in loser
 
 
 def test_plugins_can_add_cli_commands_and_a_broken_one_only_warns(cli, fake_site):

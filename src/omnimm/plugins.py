@@ -6,8 +6,12 @@ Environment switches (the lesson pytest learned when autoloading broke unrelated
 - `OMNIMM_PLUGINS=valley,recse`: load only these installed plugins.
 
 The core's own components (`omnimm/...`) are always there. A plugin that raises while importing or registering
-is recorded with its error (see `omnimm plugins`); whatever it had registered is rolled back and every other
-plugin works as usual.
+(any exception, `SystemExit` from a `sys.exit` included; only `KeyboardInterrupt` goes through) is recorded with its
+error (see `omnimm plugins`); every registry change it made is undone (the entries it replaced come back) and every
+other plugin works as usual.
+
+The project's own plugins (entry points of the `omnimm` distribution whose module is under `omnimm_plugins.`) keep
+their names: an entry point of another distribution with the same name is reported as a clash and not loaded.
 
 The registries (`omnimm.registry_core`) sit below this module and never import it: importing this module installs
 the plugin manager into them as their loader (and into `omnimm.configfiles` as the finder of plugins' packaged
@@ -20,7 +24,6 @@ import importlib
 import os
 import threading
 import traceback
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +34,14 @@ import pluggy
 from omnimm import hookspecs
 from omnimm.configfiles import use_plugin_folders
 from omnimm.errors import PluginError
-from omnimm.registry_core import Owner, all_registries, registering_as, registries, use_plugin_loader
+from omnimm.registry_core import (
+    Owner,
+    all_registries,
+    recording_changes,
+    registering_as,
+    registries,
+    use_plugin_loader,
+)
 
 ENTRY_POINT_GROUP = "omnimm.plugins"
 ENV_DISABLE_AUTOLOAD = "OMNIMM_DISABLE_PLUGIN_AUTOLOAD"
@@ -39,6 +49,8 @@ ENV_ALLOWLIST = "OMNIMM_PLUGINS"
 BUILTIN = "omnimm"
 BUILTIN_PLUGIN = "omnimm.builtin.plugin"
 """The core's own plugin module. Imported by name, like every installed plugin: it imports `omnimm.registry`."""
+OWN_PLUGIN_PACKAGE = "omnimm_plugins"
+"""The package of the project's own plugins (the `plugins/` folder of the checkout)."""
 
 # The project's own plugins and the extra that installs each one's dependencies: used to tell a user how to get a
 # component whose plugin is not loaded (e.g. a trimmed install, or one switched off by OMNIMM_PLUGINS).
@@ -67,7 +79,16 @@ class PluginRecord:
     traceback: str | None = None
     builtin: bool = False
     extra: str | None = None
+    own: bool = False
+    """One of the project's own plugins (`valley`, `recse`, ...), shipped in the omnimm distribution."""
     plugin: Any = field(default=None, repr=False)
+
+    @property
+    def source(self) -> str:
+        """Where the plugin comes from, for messages: its distribution and version, and its module."""
+        if not self.distribution:
+            return self.target
+        return f"{self.distribution} {self.version or ''}".strip() + f", {self.target}"
 
     @property
     def owner(self) -> Owner:
@@ -136,18 +157,11 @@ class PluginManager:
         disabled = _env_flag(ENV_DISABLE_AUTOLOAD)
         allow = _env_list(ENV_ALLOWLIST)
         found: set[str] = set()
-        for entry_point in _entry_points():
+        for entry_point, record in _discover():
             name = entry_point.name
             found.add(name)
-            record = _record_for(entry_point)
             if name in self.records:
-                other = self.records[name]
-                record.status = "failed"
-                record.reason = (
-                    f"another plugin is already called '{name}' (from {other.distribution or other.target}); "
-                    f"one of the two distributions must rename its entry point"
-                )
-                self.records[f"{name} ({record.distribution})"] = record
+                self._record_clash(record, self.records[name])
                 continue
             if disabled and (allow is None or name not in allow):
                 record.reason = f"autoload disabled by {ENV_DISABLE_AUTOLOAD}=1 (name it in {ENV_ALLOWLIST} to load it)"
@@ -156,7 +170,7 @@ class PluginManager:
                 record.reason = f"not listed in {ENV_ALLOWLIST}={','.join(allow)}"
                 self.records[name] = record
             else:
-                self._activate(record, entry_point.load)
+                self._activate(record, lambda entry_point=entry_point: _load_entry_point(entry_point))
         for name in allow or ():
             if name not in found and name != BUILTIN:
                 installed = ", ".join(sorted(found)) or "none"
@@ -166,6 +180,19 @@ class PluginManager:
                     status="missing",
                     reason=f"named in {ENV_ALLOWLIST} but not installed (installed: {installed})",
                 )
+
+    def _record_clash(self, record: PluginRecord, holder: PluginRecord) -> None:
+        """`record` wants a name `holder` already has: report it, never load it under that name."""
+        whose = "omnimm's own plugin" if holder.builtin or holder.own else "another plugin"
+        record.status = "failed"
+        record.reason = (
+            f"name clash: '{record.name}' is already {whose} ({holder.source}); this entry point "
+            f"({record.source}) is not loaded: its distribution must rename it"
+        )
+        key = f"{record.name} ({record.distribution or record.target})"
+        while key in self.records:  # the same distribution declaring it twice
+            key += "'"
+        self.records[key] = record
 
     def register(self, plugin: Any, name: str, *, extra: str | None = None) -> PluginRecord:
         """Register a plugin object by hand (a module or an object with `@hookimpl` methods) and run its hooks.
@@ -182,23 +209,35 @@ class PluginManager:
         return record
 
     def _activate(self, record: PluginRecord, load: Any) -> None:
-        """Import, register with pluggy and run the registration hook; on any error, undo all of it."""
+        """Import, register with pluggy and run the registration hook; on any error, undo all of it.
+
+        A broken plugin must not take the others (or the command) down, so everything it raises is contained,
+        `sys.exit` and other `BaseException`s included; a `KeyboardInterrupt` is the user's and goes on, after the
+        rollback.
+        """
         self.records[record.name] = record
         owner = record.owner
-        try:
-            with registering_as(owner):
-                plugin = load()
-                self.hooks.register(plugin, name=record.name)
-                record.plugin = plugin
-                self._check_hook_names(plugin, record.name)
-                self._call_plugin(plugin, "omnimm_register", registries=registries)
-        except Exception as error:  # a broken plugin must not take the others down
-            self._rollback(record, owner)
-            record.status = "failed"
-            record.reason = f"{type(error).__name__}: {error}"
-            record.traceback = traceback.format_exc()
-            return
+        with recording_changes() as changes:
+            try:
+                with registering_as(owner):
+                    plugin = load()
+                    self.hooks.register(plugin, name=record.name)
+                    record.plugin = plugin
+                    self._check_hook_names(plugin, record.name)
+                    self._call_plugin(plugin, "omnimm_register", registries=registries)
+            except KeyboardInterrupt:
+                self._fail(record, owner, changes, "interrupted while loading")
+                raise
+            except BaseException as error:  # contained: see the docstring
+                self._fail(record, owner, changes, describe_error(error))
+                return
         record.status = "loaded"
+
+    def _fail(self, record: PluginRecord, owner: Owner, changes: Any, reason: str) -> None:
+        record.traceback = traceback.format_exc()
+        self._rollback(record, owner, changes)
+        record.status = "failed"
+        record.reason = reason
 
     def _check_hook_names(self, plugin: Any, name: str) -> None:
         for attribute in dir(plugin):
@@ -209,9 +248,10 @@ class PluginManager:
                         plugin, f"plugin '{name}' implements unknown hook '{attribute}' (hooks: {known})"
                     )
 
-    def _rollback(self, record: PluginRecord, owner: Owner) -> None:
+    def _rollback(self, record: PluginRecord, owner: Owner, changes: Any) -> None:
+        changes.undo()  # entries it added go, entries it replaced or removed come back, its registries go
         for registry in all_registries().values():
-            registry._drop_owner(owner)
+            registry._drop_owner(owner)  # anything attributed to it that was not recorded (made in another context)
         if record.plugin is not None and self.hooks.is_registered(record.plugin):
             self.hooks.unregister(record.plugin)
         record.plugin = None
@@ -228,8 +268,10 @@ class PluginManager:
         for record in self.loaded_records():
             try:
                 self._call_plugin(record.plugin, hook_name, **kwargs)
-            except Exception as error:
-                errors[record.name] = f"{type(error).__name__}: {error}"
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # a plugin's sys.exit must not end the command
+                errors[record.name] = describe_error(error)
         return errors
 
     # -- queries --------------------------------------------------------------------------------------------------
@@ -254,8 +296,47 @@ class PluginManager:
         return None
 
 
-def _entry_points() -> Iterable[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+def describe_error(error: BaseException) -> str:
+    """One line for a plugin's error: its type and message (a `sys.exit` says so, with its code)."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({error.code!r})"
+    try:
+        message = " ".join(str(error).split())
+    except Exception:  # an exception whose __str__ raises is still reported
+        message = "(its message could not be shown)"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _load_entry_point(entry_point: metadata.EntryPoint) -> Any:
+    """`entry_point.load()`, saying in plain words when the entry point itself is wrong (not its plugin's code)."""
+    declared = f"entry point '{entry_point.name} = {entry_point.value}'"
+    match = entry_point.pattern.match(entry_point.value)
+    if match is None:
+        raise PluginError(f"{declared} is not 'package.module' or 'package.module:attribute'")
+    module = match.group("module")
+    try:
+        return entry_point.load()
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing and (module == missing or module.startswith(f"{missing}.")):
+            raise PluginError(f"{declared}: its module '{module}' is not installed ({error})") from error
+        raise
+
+
+def _discover() -> list[tuple[metadata.EntryPoint, PluginRecord]]:
+    """The installed entry points with their records, by name; among equal names the project's own plugin comes
+    first, so that it keeps its name whatever the order of `sys.path`."""
+    found = [(entry_point, _record_for(entry_point)) for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    return sorted(found, key=lambda pair: (pair[0].name, not pair[1].own))
+
+
+def _is_own(entry_point: metadata.EntryPoint, distribution: str | None) -> bool:
+    """One of the project's own plugins: declared by the omnimm distribution, its module under `omnimm_plugins.`."""
+    return (
+        distribution == BUILTIN
+        and entry_point.name in KNOWN_PLUGINS
+        and entry_point.value.startswith(f"{OWN_PLUGIN_PACKAGE}.")
+    )
 
 
 def _version(distribution: str) -> str | None:
@@ -271,7 +352,8 @@ def _record_for(entry_point: metadata.EntryPoint) -> PluginRecord:
     dist_name = meta["Name"] if meta is not None else None
     record = PluginRecord(entry_point.name, entry_point.value, dist_name, meta["Version"] if meta is not None else None)
     # The project's own plugins have an extra of the same name that installs their dependencies.
-    if dist_name == BUILTIN and entry_point.name in KNOWN_PLUGINS:
+    if _is_own(entry_point, dist_name):
+        record.own = True
         record.extra = KNOWN_PLUGINS[entry_point.name]
     return record
 

@@ -89,6 +89,50 @@ def registering_as(owner: Owner) -> Iterator[None]:
         _current_owner.reset(token)
 
 
+class RegistryChanges:
+    """Every change made to the registries inside `recording_changes()`, in order, so that `undo()` can put back
+    exactly what was there before: entries added, entries replaced with `override=True`, entries unregistered,
+    registries created."""
+
+    def __init__(self) -> None:
+        self._undo_steps: list[Callable[[], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._undo_steps)
+
+    def entry_set(self, registry: Registry[Any], name: str, previous: Entry | None) -> None:
+        """`name` was added to `registry` (or replaced `previous`)."""
+        if previous is None:
+            self._undo_steps.append(lambda: registry._entries.pop(name, None))
+        else:
+            self._undo_steps.append(lambda: registry._entries.__setitem__(name, previous))
+
+    def entry_removed(self, registry: Registry[Any], entry: Entry) -> None:
+        self._undo_steps.append(lambda: registry._entries.__setitem__(entry.name, entry))
+
+    def registry_created(self, registry: Registry[Any]) -> None:
+        self._undo_steps.append(lambda: _REGISTRIES.pop(registry.plural, None))
+
+    def undo(self) -> None:
+        """Revert every recorded change, newest first."""
+        while self._undo_steps:
+            self._undo_steps.pop()()
+
+
+_current_changes: ContextVar[RegistryChanges | None] = ContextVar("omnimm_registry_changes", default=None)
+
+
+@contextmanager
+def recording_changes() -> Iterator[RegistryChanges]:
+    """Record every registry change made inside the block (the plugin manager undoes a failed plugin's)."""
+    changes = RegistryChanges()
+    token = _current_changes.set(changes)
+    try:
+        yield changes
+    finally:
+        _current_changes.reset(token)
+
+
 def _owner_for(module: str | None) -> Owner:
     owner = _current_owner.get()
     if owner is not None:
@@ -293,7 +337,11 @@ class Registry(Generic[T]):
         self._load_plugins()
         if name not in self._entries:
             raise self._unknown(name)
-        return self._entries.pop(name)
+        entry = self._entries.pop(name)
+        changes = _current_changes.get()
+        if changes is not None:
+            changes.entry_removed(self, entry)
+        return entry
 
     def _config_or_base(self, config: type[ComponentConfig] | str | None) -> type[ComponentConfig] | str:
         if config is None:
@@ -314,9 +362,13 @@ class Registry(Generic[T]):
                 f"or pass override=True to replace it on purpose."
             )
         self._entries[entry.name] = entry
+        changes = _current_changes.get()
+        if changes is not None:
+            changes.entry_set(self, entry.name, existing)
 
     def _drop_owner(self, owner: Owner) -> int:
-        """Remove every entry registered by `owner` (rollback of a plugin that failed half-way)."""
+        """Remove every entry registered by `owner` (the entries it replaced are not restored: see
+        `recording_changes`, which the plugin manager uses to roll a failed plugin back)."""
         names = [name for name, entry in self._entries.items() if entry.owner == owner]
         for name in names:
             del self._entries[name]
@@ -531,6 +583,9 @@ def _register_registry(registry: Registry[Any]) -> None:
             f"a registry named '{registry.plural}' already exists ({existing!r}); pick another plural name"
         )
     _REGISTRIES[registry.plural] = registry
+    changes = _current_changes.get()
+    if changes is not None:
+        changes.registry_created(registry)
 
 
 def get_registry(plural: str) -> Registry[Any]:
@@ -543,7 +598,8 @@ def get_registry(plural: str) -> Registry[Any]:
         close = difflib.get_close_matches(plural, list(_REGISTRIES), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownComponentError(
-            f"unknown registry {plural!r}{hint}; registries: {', '.join(sorted(_REGISTRIES))}",
+            f"unknown registry {plural!r}{hint}; registries: {', '.join(sorted(_REGISTRIES))} "
+            f"(a plugin creates a registry of its own with registries.new(kind))",
             kind="registry",
             name=plural,
             suggestions=close,
