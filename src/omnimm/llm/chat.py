@@ -34,7 +34,11 @@ class ChatBackend(Protocol):
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> str:
-        """The assistant's reply to `messages`; `temperature` 0 means greedy decoding."""
+        """The assistant's reply to `messages`; `temperature` 0 means greedy decoding.
+
+        A served backend that fails (unreachable, too slow, an error status, an unusable answer) raises
+        `omnimm.errors.BackendError`, one line naming the URL and the reason: the caller may retry or go on.
+        """
         ...
 
     def count_tokens(self, text: str) -> int:
