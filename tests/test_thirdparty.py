@@ -59,3 +59,38 @@ def test_the_encoder_runs_inside_an_omnimm_model(python, installed_example):
     shape, owner = result.stdout.strip().splitlines()
     assert shape == "(2, 64, 64)"  # 32x32 -> two stride-2 convs -> 8x8 = 64 tokens, projected to 64
     assert owner == f"plugin 'thirdparty' ({DISTRIBUTION} 0.1.0)"
+
+
+NEIGHBOUR_THAT_EXITS = """
+import sys
+sys.exit(5)
+"""
+
+NEIGHBOUR_THAT_OVERRIDES_THEN_FAILS = """
+from omnimm import hookimpl
+
+@hookimpl
+def omnimm_register(registries):
+    registries.encoders.register("thirdparty/tiny-cnn", object, override=True)
+    raise RuntimeError("broken after replacing tiny-cnn")
+"""
+
+
+def test_the_installed_package_survives_broken_neighbours(cli, fake_site, installed_example):
+    fake_site.distribution(
+        "exits-dist", plugins={"exits": "exits_plugin"}, modules={"exits_plugin": NEIGHBOUR_THAT_EXITS}
+    )
+    fake_site.distribution(
+        "overrides-dist",
+        plugins={"overrides": "overrides_plugin"},
+        modules={"overrides_plugin": NEIGHBOUR_THAT_OVERRIDES_THEN_FAILS},
+    )
+    shown = cli("plugins", env=fake_site.env)
+    assert shown.returncode == 0, shown.output
+    rows = {line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if line.count("│") > 3}
+    assert "failed" in rows["exits"] and "SystemExit: the plugin called sys.exit(5)" in rows["exits"]
+    assert "failed" in rows["overrides"] and "RuntimeError: broken after replacing tiny-cnn" in rows["overrides"]
+    assert "loaded" in rows["thirdparty"] and "1 encoder" in rows["thirdparty"]
+    built = cli("build", EXAMPLE / "model.yaml", env=fake_site.env)
+    assert built.returncode == 0, built.output
+    assert "image: TinyCNN [thirdparty/tiny-cnn]" in built.stdout  # the real one, given back by the rollback
