@@ -42,8 +42,9 @@ def omnimm_register(registries: Registries) -> None:
     """Register the plugin's components.
 
     Called once per process, the first time any registry is read. Prefer `register_lazy` with the config class in
-    a light module, so listing and validating never import heavy dependencies. Registrations made before the hook
-    raises are rolled back, and the plugin is reported as failed by `omnimm plugins`.
+    a light module, so listing and validating never import heavy dependencies. If the hook raises (anything,
+    `sys.exit` included), every registry change it made is undone (entries it replaced with `override=True` come
+    back) and the plugin is reported as failed by `omnimm plugins`.
 
     Args:
         registries: every registry by attribute (`registries.encoders`, `registries.models`, ...);
