@@ -36,6 +36,7 @@ from omnimm.configfiles import use_plugin_folders
 from omnimm.errors import PluginError
 from omnimm.registry_core import (
     Owner,
+    RegistryChanges,
     all_registries,
     recording_changes,
     registering_as,
@@ -233,7 +234,7 @@ class PluginManager:
                 return
         record.status = "loaded"
 
-    def _fail(self, record: PluginRecord, owner: Owner, changes: Any, reason: str) -> None:
+    def _fail(self, record: PluginRecord, owner: Owner, changes: RegistryChanges, reason: str) -> None:
         record.traceback = traceback.format_exc()
         self._rollback(record, owner, changes)
         record.status = "failed"
@@ -248,7 +249,7 @@ class PluginManager:
                         plugin, f"plugin '{name}' implements unknown hook '{attribute}' (hooks: {known})"
                     )
 
-    def _rollback(self, record: PluginRecord, owner: Owner, changes: Any) -> None:
+    def _rollback(self, record: PluginRecord, owner: Owner, changes: RegistryChanges) -> None:
         changes.undo()  # entries it added go, entries it replaced or removed come back, its registries go
         for registry in all_registries().values():
             registry._drop_owner(owner)  # anything attributed to it that was not recorded (made in another context)
