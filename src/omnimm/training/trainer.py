@@ -8,8 +8,11 @@ and, for LoRA stages, `add_lora`/`merge_lora`/`has_lora` (the video LLM does).
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
+import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 
 from omnimm.deps import require
+from omnimm.files import restore_folder, safetensors_problem
 from omnimm.registry import datasets, models
 from omnimm.run import RunConfig
 from omnimm.training.configs import StageConfig, TrainConfig
@@ -25,6 +29,9 @@ log = logging.getLogger("omnimm.training")
 
 WEIGHTS_FILE = "model.safetensors"
 FINAL = "final"
+CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")  # the folders HF's Trainer writes, as its get_last_checkpoint reads
+TRAINER_STATE_FILE = "trainer_state.json"  # written last by Trainer._save_checkpoint: the checkpoint's end mark
+CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE)
 
 
 def resolve_parts(model: Any, patterns: Sequence[str]) -> list[str]:
@@ -212,7 +219,6 @@ def train_stage(
     model: Any, train: TrainConfig, stage: StageConfig, *, resume: bool = False, progress: bool = True
 ) -> Any:
     """Train one stage in place; returns the HF trainer (its `state.log_history` holds the losses)."""
-    transformers = require("transformers", extra="video", purpose="training")
     output = Path(train.output_dir) / stage.name
     if stage.lora is not None and not getattr(model, "has_lora", False):
         lora = stage.lora
@@ -227,7 +233,7 @@ def train_stage(
         data_collator=model.processor,
         stage=stage,
     )
-    checkpoint = transformers.trainer_utils.get_last_checkpoint(str(output)) if resume and output.is_dir() else None
+    checkpoint = last_complete_checkpoint(output, stage.name) if resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
     # The collator runs in the main process whatever the number of data-loading workers, so its counts are complete.
     for line in model.processor.report() if hasattr(model.processor, "report") else []:
@@ -248,7 +254,7 @@ def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True,
         model = models.build(run.model)
     for stage in run.train.stages:
         final = Path(run.train.output_dir) / stage.name / FINAL
-        if resume and (final / "config.json").is_file():
+        if resume and _finished(final):
             log.info("stage %s is done (%s): loading it", stage.name, final)
             model = type(model).from_pretrained(final)
             continue
@@ -259,3 +265,61 @@ def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True,
             model.save_pretrained(final)
         trainer.accelerator.wait_for_everyone()
     return model
+
+
+def last_complete_checkpoint(output: Path, stage: str = "") -> str | None:
+    """The newest `checkpoint-N` in `output` that holds everything a resume reads; the newer, incomplete ones (a
+    run killed while saving) are skipped with a warning saying why. None when there is none."""
+    found = []
+    for path in output.iterdir() if output.is_dir() else []:
+        match = CHECKPOINT.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append((int(match[1]), path))
+    where = f"stage {stage}: " if stage else ""
+    for step, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path, step)
+        if problem is None:
+            log.info("%sresuming from %s", where, path)
+            return str(path)
+        log.warning("%sskipping %s, incomplete (a save cut short?): %s", where, path, problem)
+    if found:
+        log.warning("%sno complete checkpoint in %s: the stage starts from its beginning", where, output)
+    return None
+
+
+def checkpoint_problem(folder: Path, step: int) -> str | None:
+    """What a Trainer checkpoint lacks for a resume (missing or cut-short files, a wrong step), or None."""
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    weights = safetensors_problem(folder / WEIGHTS_FILE)
+    if weights is not None:
+        return weights
+    for name in ("optimizer.pt", "scheduler.pt"):  # torch.save writes a zip: cut short, it has no end record
+        if not zipfile.is_zipfile(folder / name):
+            return f"{name} is cut short or damaged (not a complete torch file)"
+    try:
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        return f"{TRAINER_STATE_FILE} is not readable JSON ({type(error).__name__})"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        got = state.get("global_step") if isinstance(state, dict) else None
+        return f"{TRAINER_STATE_FILE} says global_step {got!r}, the folder's name {step}"
+    return None
+
+
+def _finished(final: Path) -> bool:
+    """Whether a stage's final model is saved (put back first if a save was killed between its two renames)."""
+    restored = restore_folder(final, _saved_model_problem)
+    if restored is not None:
+        log.warning("%s", restored[1])
+    problem = _saved_model_problem(final)
+    if problem is not None and final.is_dir():
+        log.warning("%s is incomplete (%s): training the stage again", final, problem)
+    return problem is None
+
+
+def _saved_model_problem(folder: Path) -> str | None:
+    if not (folder / "config.json").is_file():
+        return "config.json is missing"
+    return safetensors_problem(folder / WEIGHTS_FILE)

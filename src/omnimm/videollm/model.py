@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnimm.deps import require
-from omnimm.errors import BuildError
+from omnimm.errors import BuildError, ConfigError, StoreError
+from omnimm.files import (
+    atomic_write_text,
+    incomplete_leftovers,
+    remove_leftovers,
+    restore_folder,
+    safetensors_problem,
+    staging_folder,
+    swap_in_folder,
+)
+from omnimm.llm.tokenizer import BYTES
 from omnimm.registry import connectors, encoders, llms, models, templates
 from omnimm.training.configs import LoRASettings
 from omnimm.video import VideoClip
@@ -27,6 +38,8 @@ from omnimm.videollm.processor import IGNORE_INDEX, VideoLLMProcessor
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LLM_FOLDER = "llm"
+
+log = logging.getLogger("omnimm.videollm")
 
 
 class VideoLLM(nn.Module):
@@ -389,72 +402,177 @@ class VideoLLM(nn.Module):
 
         LoRA adapters are saved as they are (unmerged; `merge_lora()` first for a plain model): the config records
         them and `from_pretrained` rebuilds them. The folder is written next to its destination and swapped in at
-        the end, so an interrupted save leaves the previous one intact.
+        the end, so a save killed at any point leaves the previous save (or, between the swap's two renames, the new
+        one) loadable; the next save or load puts it back in place and removes what killed saves left.
         """
         safetensors_torch = require("safetensors.torch", extra="torch", purpose="saving a model")
         target = Path(folder)
-        staging = target.with_name(f".{target.name}.saving-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _restore(target)  # the previous version back in place before anything is removed
+        for path in remove_leftovers(target):
+            log.info("%s: removed %s, left by a save that did not finish", target, path.name)
+        staging = staging_folder(target)
+        staging.mkdir()
         try:
             self.llm.save_architecture(staging / LLM_FOLDER)
             llm = self.config.llm.model_copy(
                 update={"path": LLM_FOLDER, "config": {}, "tokenizer": None, "gguf_file": None, "load_weights": False}
             )
             saved = self.config.without_weights().model_copy(update={"llm": llm})
-            (staging / CONFIG_FILE).write_text(json.dumps({"omnimm": saved.to_dict()}, indent=2) + "\n")
-            safetensors_torch.save_model(self, str(staging / WEIGHTS_FILE))
-            _swap_in(staging, target)
+            atomic_write_text(staging / CONFIG_FILE, json.dumps({"omnimm": saved.to_dict()}, indent=2) + "\n")
+            # Written last, under its own name only once complete: its presence marks the folder complete.
+            partial = staging / f".{WEIGHTS_FILE}.tmp"
+            safetensors_torch.save_model(self, str(partial))
+            os.replace(partial, staging / WEIGHTS_FILE)
+            swap_in_folder(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str]) -> VideoLLM:
-        """Rebuild a saved model; outputs are identical to the model that was saved."""
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], *, llm_path: str | os.PathLike[str] | None = None
+    ) -> VideoLLM:
+        """Rebuild a saved model; outputs are identical to the model that was saved.
+
+        The folder may come from anyone: the files it names must lie inside it, and damaged files give a
+        `StoreError` naming them. `llm_path` (the caller's own choice, so not confined) replaces the LLM folder
+        the config names.
+        """
         safetensors_torch = require("safetensors.torch", extra="torch", purpose="loading a model")
-        source = Path(folder).resolve()  # absolute: a relative `llm/` must never be taken for a hub repository id
-        config = saved_config(source)
+        source = _readable_folder(Path(folder).resolve())  # absolute: a relative `llm/` is never a hub repo id
+        config = _read_saved_config(source, llm_path)
         weights = source / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"{source} is not a complete saved model: {WEIGHTS_FILE} is missing")
+        problem = safetensors_problem(weights)
+        if problem is not None:
+            if not weights.is_file():
+                raise FileNotFoundError(f"{source} is not a complete saved model: {problem}")
+            raise StoreError(f"{weights}: not a readable safetensors file: {problem}")
         model = models.get(config.name)(config)
         if not isinstance(model, cls):
-            raise ValueError(f"{source / CONFIG_FILE}: '{config.name}' is not a video LLM")
+            raise StoreError(f"{source / CONFIG_FILE}: '{config.name}' is not a video LLM")
         try:
             missing, unexpected = safetensors_torch.load_model(model, str(weights), strict=False)
-        except Exception as error:  # safetensors raises its own SafetensorError for a damaged file
+        except Exception as error:  # safetensors' own SafetensorError, torch's RuntimeError for a wrong shape
             if isinstance(error, (KeyboardInterrupt, MemoryError)):
                 raise
-            raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
+            raise StoreError(
+                f"{weights}: not a readable safetensors file for this model ({_first_line(error)})"
+            ) from None
         if missing or unexpected:
-            raise ValueError(
+            raise StoreError(
                 f"{source / WEIGHTS_FILE} does not match the model in {CONFIG_FILE}: "
                 f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
         return model
 
 
-def saved_config(folder: str | os.PathLike[str]) -> VideoLLMConfig:
-    """The config of a saved video LLM folder (its `llm.path` made absolute), without building the model."""
-    source = Path(folder).resolve()
+def saved_config(folder: str | os.PathLike[str], *, llm_path: str | os.PathLike[str] | None = None) -> VideoLLMConfig:
+    """The config of a saved video LLM folder (its `llm.path` made absolute, inside the folder), without building
+    the model; weights paths are cleared (the folder's `model.safetensors` holds the weights)."""
+    return _read_saved_config(_readable_folder(Path(folder).resolve()), llm_path)
+
+
+def saved_folder_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete save (what is missing or cut short), or None. Reads headers only."""
+    if not (folder / CONFIG_FILE).is_file():
+        return f"{CONFIG_FILE} is missing"
+    if not (folder / LLM_FOLDER).is_dir():
+        return f"{LLM_FOLDER}/ is missing"
+    return safetensors_problem(folder / WEIGHTS_FILE)
+
+
+def _restore(target: Path) -> Path | None:
+    """Put a killed save's complete copy back where `target` belongs (see `omnimm.files.restore_folder`), saying
+    so; returns the folder to read, None when nothing was restored."""
+    restored = restore_folder(target, saved_folder_problem)
+    if restored is None:
+        return None
+    log.warning("%s", restored[1])
+    return restored[0]
+
+
+def _readable_folder(target: Path) -> Path:
+    """The folder to load: `target`, or the complete copy a killed save left when `target` is missing."""
+    restored = _restore(target)
+    if restored is not None:
+        return restored
+    if not (target / CONFIG_FILE).is_file():
+        left = incomplete_leftovers(target, saved_folder_problem)
+        interrupted = f"; interrupted saves left only incomplete copies ({'; '.join(left)})" if left else ""
+        raise FileNotFoundError(f"{target} is not a saved video LLM: {CONFIG_FILE} is missing{interrupted}")
+    return target
+
+
+def _read_saved_config(source: Path, llm_path: str | os.PathLike[str] | None) -> VideoLLMConfig:
     config_file = source / CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{source} is not a saved video LLM: {CONFIG_FILE} is missing")
+    data = _read_json_config(config_file)
+    llm = data.get("llm")
+    if llm is not None and not isinstance(llm, dict):
+        raise StoreError(f"{config_file}: 'llm' must be a mapping, not {type(llm).__name__}")
+    if llm_path is not None:  # the caller's own folder: taken as given
+        llm = data["llm"] = {**(llm or {}), "path": str(llm_path)}
+    if llm:
+        _confine_llm_paths(llm, source, config_file, given_path=llm_path is not None)
     try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))["omnimm"]
-        llm = data.get("llm") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{config_file}: not a video LLM config ({type(error).__name__}: {error})") from None
-    if llm.get("path") and not Path(llm["path"]).is_absolute():
-        llm["path"] = str(source / llm["path"])
-        if not Path(llm["path"]).is_dir():
-            raise FileNotFoundError(f"{source} is not a complete saved model: {llm['path']} is missing")
-    config = models.validate(data, source=str(config_file))
+        config = models.validate(data, source=str(config_file))
+    except ConfigError as error:  # one line: a saved file is not the user's config to edit field by field
+        details = "; ".join(issue.format() for issue in error.issues)
+        raise StoreError(f"{config_file}: not a valid saved video LLM config: {details}") from None
     if not isinstance(config, VideoLLMConfig):
-        raise ValueError(f"{config_file}: '{config.name}' is not a video LLM")
-    return config
+        raise StoreError(f"{config_file}: '{config.name}' is not a video LLM")
+    return config.without_weights()  # no pretrained paths from the file: the saved weights replace them
+
+
+def _read_json_config(config_file: Path) -> dict[str, Any]:
+    """`config.json`'s `omnimm` mapping; a `StoreError` naming the file when it is not that."""
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise StoreError(
+            f"{config_file}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno}); the save is damaged"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise StoreError(f"{config_file}: not UTF-8 text (byte {error.start}); the save is damaged") from None
+    if not isinstance(data, dict) or not isinstance(data.get("omnimm"), dict):
+        raise StoreError(
+            f"{config_file}: expected a JSON object with an 'omnimm' mapping (a video LLM saved by omnimm)"
+        )
+    return data["omnimm"]
+
+
+def _confine_llm_paths(llm: dict[str, Any], source: Path, config_file: Path, *, given_path: bool) -> None:
+    """Make the LLM's `path` and `tokenizer` absolute inside `source`; anything pointing elsewhere (an absolute
+    path, `..`, a link out of the folder) is refused: a downloaded folder must not read files outside itself.
+    A `path` the caller gave is left as it is."""
+    for field in ("tokenizer",) if given_path else ("path", "tokenizer"):
+        value = llm.get(field)
+        if value is None or (field == "tokenizer" and value == BYTES):
+            continue
+        llm[field] = str(_inside(source, value, f"llm.{field}", config_file))
+    if llm.get("gguf_file") is not None and llm.get("path") and not given_path:
+        _inside(Path(llm["path"]), llm["gguf_file"], "llm.gguf_file", config_file)
+    if llm.get("path") and not Path(llm["path"]).is_dir():
+        raise FileNotFoundError(f"{source} is not a complete saved model: {llm['path']} is missing")
+
+
+def _inside(folder: Path, value: Any, field: str, config_file: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise StoreError(f"{config_file}: {field} must be a path inside the model folder, not {value!r}")
+    path = Path(value)
+    resolved = (folder / path).resolve()
+    if path.is_absolute() or ".." in path.parts or not resolved.is_relative_to(folder):
+        raise StoreError(
+            f"{config_file}: {field} '{value}' points outside the model folder; a saved model's files must lie "
+            f"inside it (pass llm_path= to from_pretrained to use another LLM folder)"
+        )
+    return resolved
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class VisualLayout:
@@ -672,15 +790,6 @@ class FeatureStandardizer(nn.Module):
             return tokens
         std = (self.sq_mean - self.mean.square()).clamp(min=1e-6).sqrt()
         return (tokens - self.mean.to(tokens.dtype)) / std.to(tokens.dtype)
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace `target` with `staging` (a folder): the old one is moved aside first and removed last."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _token_mean(loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
