@@ -60,7 +60,8 @@ class Config(BaseModel):
             if not refused and not unknown:
                 raise
             kept = [_rebuilt_line_error(cls, e) for e in line_errors if not _covered(e["loc"], refused)]
-            raise ValidationError.from_exception_data(cls.__name__, [*refused, *kept]) from None
+            merged = _in_input_order([*refused, *kept], data) if refused else kept
+            raise ValidationError.from_exception_data(cls.__name__, merged) from None
         if refused:
             raise ValidationError.from_exception_data(cls.__name__, refused)
         return result
@@ -242,6 +243,12 @@ def _too_large(value: int | float | str) -> bool:
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         return False  # pydantic's own messages cover fractions, inf and nan
     return abs(value) > MAX_CONFIG_INT
+
+
+def _in_input_order(line_errors: list[Any], data: Mapping[str, Any]) -> list[Any]:
+    """Line errors sorted by where their field sits in the input (a report reads top to bottom like the file)."""
+    order = {key: index for index, key in enumerate(data)}
+    return sorted(line_errors, key=lambda error: order.get(error["loc"][0] if error["loc"] else None, len(order)))
 
 
 def _covered(loc: tuple[Any, ...], refused: list[Any]) -> bool:
