@@ -5,8 +5,12 @@ working, the registries are as they were before it, and `omnimm plugins` says wh
 from __future__ import annotations
 
 import pytest
+import tomllib
 
 from omnimm.errors import PluginError
+from omnimm.plugins import KNOWN_PLUGINS, OWN_PLUGIN_PACKAGE
+
+from .conftest import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -309,3 +313,16 @@ def test_careless_plugins_are_each_reported_with_a_clear_reason(cli, fake_site):
     )
     assert "careless/encoder" not in cli("list", "encoders", env=fake_site.env).stdout
     assert cli("build", "configs/demo.yaml", env=fake_site.env).returncode == 0
+
+
+def test_every_plugin_the_distribution_declares_is_known_as_its_own(python):
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["omnimm.plugins"]
+    assert set(declared) == set(KNOWN_PLUGINS)
+    assert all(target.startswith(f"{OWN_PLUGIN_PACKAGE}.") for target in declared.values())
+    seen = python(
+        """
+        from omnimm import plugin_records
+        print(sorted(r.name for r in plugin_records() if r.own))
+        """
+    )
+    assert seen.stdout.strip() == repr(sorted(declared)), seen.output
