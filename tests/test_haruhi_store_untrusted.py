@@ -400,3 +400,36 @@ def test_haruhi_index_rebuilds_over_a_manifest_pointing_outside_and_reads_nothin
     rebuilt = FaissMemory.load(index)
     assert sorted(m.text for m in rebuilt.memories()) == [f"memory {i}" for i in range(5)] and rebuilt.dim == 384
     assert outside.read_text().count("outside") == 5
+
+
+ODD_VALUES: list[Any] = [None, True, 0, -1, 1.5, 2**63, 10**30, "", "x", "../x", "/dev/zero", [], [1], {}, {"a": 1}]
+
+
+def test_seeded_mutations_of_a_manifest_load_or_give_a_store_error(tmp_path: Path):
+    """300 manifests with one field (or one file record field) set to an odd value: none raises anything else."""
+    rng = np.random.default_rng(0)
+    base = saved_store(tmp_path / "base", kind="hnsw")
+    outcomes = {"loaded": 0, "StoreError": 0}
+    for trial in range(300):
+        folder = tmp_path / f"m{trial}"
+        shutil.copytree(base, folder)
+        values = manifest(folder)
+        key = _MUTABLE[int(rng.integers(len(_MUTABLE)))]
+        odd = ODD_VALUES[int(rng.integers(len(ODD_VALUES)))]
+        if key.startswith("files."):
+            values["files"][str(rng.choice(sorted(values["files"])))][key.split(".")[1]] = odd
+        else:
+            values[key] = odd
+        write_manifest(folder, values)
+        try:
+            FaissMemory.load(folder)
+            outcomes["loaded"] += 1
+        except StoreError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(folder)), error
+            outcomes["StoreError"] += 1
+        shutil.rmtree(folder)
+    assert sum(outcomes.values()) == 300, outcomes
+
+
+_MUTABLE = ["format", "generation", "config", "dim", "model", "count", "index_file", "memories_file", "files"]
+_MUTABLE += ["files.bytes", "files.sha256"]
