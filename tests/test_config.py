@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -313,6 +314,17 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         atomic_write_text(target, "half a file")
     assert target.read_text() == "model: omnimm/multimodal-encoder\n"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.yaml"]  # no temp file left behind
+
+
+def test_atomic_writes_keep_the_mode_a_plain_write_would_give(tmp_path: Path):
+    fresh = tmp_path / "fresh.json"
+    plain = tmp_path / "plain.json"
+    atomic_write_text(fresh, "{}")
+    plain.write_text("{}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)  # not mkstemp's 0600
+    plain.chmod(0o640)
+    atomic_write_text(plain, "[]")
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o640 and plain.read_text() == "[]"
 
 
 # -- JSON schema -------------------------------------------------------------------------------------------------

@@ -238,6 +238,18 @@ def test_the_cli_shows_one_line_for_a_bad_folder(cli, versions, tmp_path, comman
     assert "Traceback" not in result.output
 
 
+def test_the_cli_answers_from_a_folder_lost_between_the_renames(cli, versions, tmp_path):
+    (v0, _), (v1, _) = versions
+    pid = dead_pid()
+    shutil.copytree(v0, tmp_path / f".final.old-{pid}")
+    shutil.copytree(v1, tmp_path / f".final.saving-{pid}")
+    clip = write_test_video(tmp_path / "clip.mkv", frames=4)
+    result = cli("ask", tmp_path / "final", clip, "what?", "--max-new-tokens", "2")
+    assert result.returncode == 0, result.output
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert f"restored it from .final.saving-{pid}" in result.stderr
+
+
 # -- resuming a run killed mid-checkpoint ---------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """The library's own code never deserialises with pickle, never evaluates text, never runs a shell.
 
-A static check over every module of the core and the plugins, so a new loader cannot slip in a `torch.load` without
-`weights_only=True` or a `yaml.load`. The checker itself is tested on code that breaks each rule.
+A static check over every module of the core, the plugins, the benchmarks and the examples, so a new loader cannot
+slip in a `torch.load` without `weights_only=True` or a `yaml.load`. The checker itself is tested on code that breaks
+each rule.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def unsafe_uses(source: str, filename: str = "<code>") -> list[str]:
 
 
 def _library_files() -> list[Path]:
-    return sorted([*(REPO / "src" / "omnimm").rglob("*.py"), *(REPO / "plugins").rglob("*.py")])
+    folders = [REPO / "src" / "omnimm", REPO / "plugins", REPO / "benchmarks", REPO / "examples"]
+    return sorted(file for folder in folders for file in folder.rglob("*.py"))
 
 
 def test_no_module_of_the_library_loads_pickles_evaluates_text_or_runs_a_shell():

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from omnimm.errors import ConfigError, ConfigIssue
-from omnimm.files import atomic_write_text
+from omnimm.files import NotUTF8, atomic_write_text, decode_utf8
 from omnimm.videollm.data import MediaDataset
 from omnimm.videollm.processor import VideoLLMProcessor
 from omnimm_plugins.favchat.attributes import (
@@ -176,13 +176,10 @@ def _read_text(path: Path, what: str) -> str:
     """The file as text; a missing file is `FileNotFoundError`, bytes that are not UTF-8 one `ConfigError` line."""
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
-    data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        message = f"not UTF-8 text (byte {error.start}: {error.reason}); save the file as UTF-8"
-        raise ConfigError([ConfigIssue("", message, line=line)], source=str(path)) from None
+        return decode_utf8(path.read_bytes())
+    except NotUTF8 as bad:
+        raise ConfigError([ConfigIssue("", bad.detail, line=bad.line)], source=str(path)) from None
 
 
 def _decode_error(error: json.JSONDecodeError, text: str, *, last: bool = True) -> str:

@@ -7,12 +7,52 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+class NotUTF8(ValueError):
+    """Bytes that are not UTF-8, and where the first bad one is (1-based line and column, 0-based offset)."""
+
+    def __init__(self, line: int, column: int, offset: int, byte: int) -> None:
+        self.line, self.column, self.offset, self.byte = line, column, offset, byte
+        super().__init__(self.detail)
+
+    @property
+    def detail(self) -> str:
+        """The message without a file name (for errors that carry the file and line themselves)."""
+        return (
+            f"not UTF-8 text (byte 0x{self.byte:02x} at column {self.column}, offset {self.offset}); save it as UTF-8"
+        )
+
+    def at(self, source: str | os.PathLike[str]) -> str:
+        """`<source>:<line>: <detail>`."""
+        return f"{source}:{self.line}: {self.detail}"
+
+
+def decode_utf8(raw: bytes) -> str:
+    """UTF-8 bytes as text, a leading byte-order mark dropped; `NotUTF8` (a ValueError) says where they are not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        start = error.start
+        line_start = raw.rfind(b"\n", 0, start) + 1
+        raise NotUTF8(raw.count(b"\n", 0, start) + 1, start - line_start + 1, start, raw[start]) from None
+    return text.removeprefix("\ufeff")
+
+
+def read_utf8(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> str:
+    """A text file's contents; `error("<path>:<line>: not UTF-8 text (byte .. at column .., offset ..); ...")` at
+    the first byte that is not UTF-8."""
+    try:
+        return decode_utf8(Path(path).read_bytes())
+    except NotUTF8 as bad:
+        raise error(bad.at(path)) from None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -27,12 +67,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with os.fdopen(handle, "wb") as temp:
             temp.write(data)
             temp.flush()
+            # mkstemp makes the file private (0600); give it the mode a plain open() would: the old file's, or the
+            # umask's default for a new one
+            if hasattr(os, "fchmod"):
+                os.fchmod(temp.fileno(), _mode_for(target))
             os.fsync(temp.fileno())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be: setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

@@ -171,8 +171,11 @@ def _decode(url: str, raw: bytes) -> Any:
 def _read_answer(url: str, response: Any) -> bytes:
     with response:
         raw = response.read(MAX_ANSWER_BYTES + 1)
+        missing = getattr(response, "length", None)  # bytes Content-Length still promises (read(n) stops at EOF)
     if len(raw) > MAX_ANSWER_BYTES:
         raise BackendError(f"{url}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB; not a chat answer")
+    if missing:
+        raise http.client.IncompleteRead(raw, missing)
     return raw
 
 
