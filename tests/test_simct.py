@@ -1,4 +1,4 @@
-"""simct: features that agree with the reference packages, the classifier, the statistics, the gate and its CLI."""
+"""simct: the classifier, the statistics, the gate and its CLI (features and tokenisation: test_simct_text.py)."""
 
 from __future__ import annotations
 
@@ -10,92 +10,14 @@ import pytest
 import torch
 
 from omnimm import ConfigError, evaluators, llms
+from omnimm.errors import StoreError
 from omnimm_plugins.simct.classifier import ConsistencyClassifier, best_threshold
-from omnimm_plugins.simct.features import FEATURES, extract, lcs_length, meteor
+from omnimm_plugins.simct.features import FEATURES, extract
 from omnimm_plugins.simct.records import StageResponses, read_responses, write_responses
 from omnimm_plugins.simct.scenarios import perturb, respond
 from omnimm_plugins.simct.stats import independent_test, one_sample_test, paired_test
-from omnimm_plugins.simct.text import words
 
 from .conftest import SHARED, requires_shared
-
-PAIRS = [
-    ("A plane is taking off.", "An air plane is taking off."),
-    ("A man is playing a large flute.", "A man is playing a flute."),
-    ("Three men are playing chess.", "Two men are playing chess."),
-    ("The cats were running quickly", "a cat runs quick"),
-    ("Don't stop: it's 3.5 km away!", "It is 3.5 kilometres away, don't stop."),
-    ("我爱北京天安门", "我爱北京"),
-    ("今天天气很好, very nice", "今天天气不错"),
-    ("", "not empty"),
-    ("", ""),
-    ("Same sentence.", "Same   sentence. "),
-    ("a", "b c d e f"),
-    ("the the the the", "the the"),
-]
-
-
-class NoSynonyms:
-    """Stands in for WordNet (not downloadable here): NLTK's METEOR with exact and stem stages only."""
-
-    def synsets(self, word):
-        return []
-
-
-def reference_features(reference: str, candidate: str) -> list[float]:
-    import sacrebleu
-    from nltk.translate.meteor_score import single_meteor_score
-    from rouge_score import rouge_scorer
-
-    class Tokenizer:
-        def tokenize(self, text):
-            return words(text)
-
-    chinese = any("\u4e00" <= ch <= "\u9fff" for ch in reference + candidate)
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=Tokenizer() if chinese else None)
-    rouge = scorer.score(reference, candidate)
-    ref_words, cand_words = words(reference), words(candidate)
-    longest = max(len(ref_words), len(cand_words))
-    return [
-        rouge["rouge1"].fmeasure,
-        rouge["rouge2"].fmeasure,
-        rouge["rougeL"].fmeasure,
-        sacrebleu.sentence_bleu(candidate, [reference], tokenize="zh" if chinese else "13a").score / 100,
-        sacrebleu.sentence_chrf(candidate, [reference]).score / 100,
-        single_meteor_score(ref_words, cand_words, wordnet=NoSynonyms()),
-        min(len(ref_words), len(cand_words)) / longest if longest else 1.0,
-        float(" ".join(reference.split()) == " ".join(candidate.split())),
-    ]
-
-
-def test_features_match_the_reference_packages():
-    ours = extract(PAIRS, workers=1)
-    reference = np.array([reference_features(r, c) for r, c in PAIRS])
-    assert ours.shape == (len(PAIRS), len(FEATURES))
-    assert np.abs(ours - reference).max() < 1e-6, np.abs(ours - reference).max(axis=0)
-
-
-def test_english_tokens_are_rouge_scores_default():
-    from rouge_score import tokenize
-
-    for text, _ in PAIRS[:5]:
-        assert words(text) == tokenize.tokenize(text, None)
-    assert words("我爱 Beijing!") == ["我", "爱", "beijing"]
-    assert words("我爱北京天安门", "jieba") == ["我", "爱", "北京", "天安门"]
-
-
-def test_worker_processes_and_chunks_give_the_same_values():
-    many = PAIRS * 30
-    assert np.array_equal(extract(many, workers=1, chunk_size=7), extract(many, workers=2, chunk_size=50))
-
-
-def test_lcs_and_meteor_on_known_cases():
-    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
-    assert lcs_length([], ["a"]) == 0
-    assert meteor(["the", "cat"], ["the", "cat"]) == pytest.approx((1 - 0.5 * (1 / 2) ** 3) * 1.0)
-    assert meteor(["cats"], ["cat"]) > 0  # the stem stage matches
-    assert meteor(["dog"], ["cat"]) == 0.0
-
 
 # -- classifier ----------------------------------------------------------------------------------------------------
 
@@ -154,7 +76,7 @@ def test_contributions_add_up_to_the_log_odds(classifier):
 def test_classifier_input_checks(classifier, tmp_path):
     with pytest.raises(ValueError, match=r"expected features of shape \[pairs, 8\]"):
         classifier.predict_proba(np.zeros((3, 5)))
-    with pytest.raises(FileNotFoundError, match="is not a saved simct classifier"):
+    with pytest.raises(StoreError, match=r"not a saved simct classifier: model\.txt is missing"):
         ConsistencyClassifier.load(tmp_path)
 
 
@@ -393,7 +315,7 @@ def test_cli_exit_codes_and_reports(cli, trained_lm, greedy_a, tmp_path):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert_clearly_worse(report["test"])
     assert result.returncode == 1 and result.stdout.startswith("FAIL: "), result.output
-    assert f"warning: prompt only in {a}: 'the white duck'" in result.stderr  # listed, not dropped silently
+    assert f"warning: 1 prompt(s) only in {a}: 'the white duck'" in result.stderr  # listed, not dropped silently
     assert report["verdict"] == "FAIL" and report["only_in_a"] == ["the white duck"]
     assert report["test"]["significant"] is True and len(report["least_consistent"]) == 10
     page = (tmp_path / "report" / "report.html").read_text()

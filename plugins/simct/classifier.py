@@ -6,6 +6,7 @@ threshold, versions, metrics); no pickle anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,8 +16,11 @@ from typing import Any
 import numpy as np
 
 from omnimm.deps import require
-from omnimm.files import atomic_write_text
+from omnimm.errors import StoreError
+from omnimm.files import atomic_write_bytes, atomic_write_text
 
+FORMAT = 2
+MAX_MANIFEST = 1 << 20
 MODEL_FILE = "model.txt"
 MANIFEST_FILE = "manifest.json"
 QUERY_TYPE = "query_type"
@@ -49,6 +53,8 @@ class ConsistencyClassifier:
     query_types: list[str]
     threshold: float = 0.5
     metrics: dict[str, Any] = field(default_factory=dict)
+    encoder: dict[str, Any] | None = None
+    """The sentence encoder config the `embedding_cosine` feature was computed with (None: no embedding feature)."""
 
     # -- data -------------------------------------------------------------------------------------------------------
 
@@ -140,16 +146,21 @@ class ConsistencyClassifier:
     # -- files ------------------------------------------------------------------------------------------------------
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write `model.txt` (LightGBM text format) and `manifest.json`, each atomically."""
+        """Write `model.txt` (LightGBM text format), then `manifest.json` with its size and SHA-256, each atomically:
+        the manifest, written last, vouches for the model file beside it."""
         import omnimm
 
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target / MODEL_FILE, self.booster.model_to_string())
+        model = self.booster.model_to_string().encode("utf-8")
+        atomic_write_bytes(target / MODEL_FILE, model)
         manifest = {
+            "format": FORMAT,
+            "model_file": {"name": MODEL_FILE, "size": len(model), "sha256": hashlib.sha256(model).hexdigest()},
             "features": self.features,
             "query_types": self.query_types,
             "threshold": self.threshold,
+            "encoder": self.encoder,
             "metrics": self.metrics,
             "versions": {"lightgbm": _lgb().__version__, "omnimm": omnimm.__version__},
         }
@@ -158,18 +169,80 @@ class ConsistencyClassifier:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> ConsistencyClassifier:
+        """Read a saved classifier; a missing, damaged or mismatched file is one `StoreError` naming it. The model
+        file's size and SHA-256 are checked before LightGBM parses it (LightGBM can crash on a cut-short file)."""
         source = Path(folder)
+        if not source.is_dir():
+            raise _damaged(str(source), "not a folder; expected a saved simct classifier (omnimm simct train)")
         for name in (MODEL_FILE, MANIFEST_FILE):
             if not (source / name).is_file():
-                raise FileNotFoundError(f"{source} is not a saved simct classifier: {name} is missing")
-        manifest = json.loads((source / MANIFEST_FILE).read_text())
-        booster = _lgb().Booster(model_str=(source / MODEL_FILE).read_text())
+                raise _damaged(str(source), f"not a saved simct classifier: {name} is missing")
+        manifest = _read_manifest(source / MANIFEST_FILE)
+        model = _read_verified(source / MODEL_FILE, manifest["model_file"])
+        try:
+            booster = _lgb().Booster(model_str=model.decode("utf-8"))
+        except Exception as error:  # a bad UTF-8 byte, or LightGBMError (it subclasses Exception only)
+            raise _damaged(str(source / MODEL_FILE), f"LightGBM cannot read it: {error}") from None
         if booster.num_feature() != len(manifest["features"]) + 1:
-            raise ValueError(
-                f"{source}: the model has {booster.num_feature()} inputs but the manifest lists "
-                f"{len(manifest['features'])} features + the query type"
+            raise _damaged(
+                str(source),
+                f"the model has {booster.num_feature()} inputs but the manifest lists {len(manifest['features'])} "
+                "features + the query type",
             )
-        return cls(booster, manifest["features"], manifest["query_types"], manifest["threshold"], manifest["metrics"])
+        return cls(
+            booster,
+            manifest["features"],
+            manifest["query_types"],
+            manifest["threshold"],
+            manifest.get("metrics") or {},
+            manifest.get("encoder"),
+        )
+
+
+def _damaged(where: str, reason: str) -> StoreError:
+    return StoreError(f"{where}: {reason}")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_MANIFEST:
+        raise _damaged(str(path), f"larger than {MAX_MANIFEST} bytes; not a simct manifest")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise _damaged(str(path), f"not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise _damaged(str(path), f"expected a JSON object, got {type(manifest).__name__}")
+    if "model_file" not in manifest:
+        raise _damaged(
+            str(path),
+            "no size and checksum for model.txt (saved by an older version), so it cannot be checked before "
+            "LightGBM reads it: train it again with omnimm simct train",
+        )
+    checks = {
+        "features": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "query_types": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "threshold": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
+        "model_file": lambda v: (
+            isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+        ),
+        "encoder": lambda v: v is None or isinstance(v, dict),
+    }
+    for key, valid in checks.items():
+        if key not in manifest and key != "encoder":
+            raise _damaged(str(path), f"`{key}` is missing")
+        if not valid(manifest.get(key)):
+            raise _damaged(str(path), f"`{key}` is malformed: {manifest.get(key)!r:.80}")
+    return manifest
+
+
+def _read_verified(path: Path, expected: dict[str, Any]) -> bytes:
+    size = path.stat().st_size
+    if size != expected["size"]:
+        raise _damaged(str(path), f"{size} bytes, the manifest says {expected['size']} (cut short or replaced?)")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise _damaged(str(path), "its SHA-256 does not match the manifest (damaged or replaced)")
+    return data
 
 
 def _folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -35,6 +35,8 @@ class GateConfig(ComponentConfig):
     """How many of the least consistent response pairs the report shows."""
     workers: int | None = Field(None, ge=1)
     """Processes for feature extraction (default: the CPU count)."""
+    seed: int = 0
+    """Seeds the choice of sample pairs when a prompt has more than `max_pairs_per_prompt`, and the bootstrap."""
 
     @model_validator(mode="after")
     def _sources(self) -> GateConfig:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from omnimm_plugins.simct.text import Segmentation, bleu_tokenizer, has_cjk, words
+from omnimm_plugins.simct.text import Segmentation, bleu_tokenizer, bleu_tokenizer_name, words
 
 FEATURES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "meteor", "length_ratio", "exact_match")
 """Names of the text features, in column order."""
@@ -83,147 +83,163 @@ def _porter() -> Any:
     return PorterStemmer()
 
 
-def _greedy_matches(hypothesis: list[tuple[int, str]], reference: list[tuple[int, str]]) -> tuple[list, list, list]:
-    """NLTK's matching stage: from the last hypothesis word backwards, each takes the last free equal reference word."""
+def _greedy_matches(hypothesis: Sequence[str], reference: Sequence[str], matches: dict[int, int]) -> None:
+    """NLTK's matching stage (`_match_enums`): from the last hypothesis word backwards, each word takes the last
+    free equal reference word. `hypothesis` and `reference` hold the still free words (None where taken); the
+    matches, hypothesis position -> reference position, are added to `matches`."""
     positions: dict[str, list[int]] = {}
-    for j, (_, word) in enumerate(reference):
-        positions.setdefault(word, []).append(j)
-    matches, used_h, used_r = [], set(), set()
+    for j, word in enumerate(reference):
+        if word is not None:
+            positions.setdefault(word, []).append(j)
     for i in range(len(hypothesis) - 1, -1, -1):
-        free = positions.get(hypothesis[i][1])
+        free = positions.get(hypothesis[i]) if hypothesis[i] is not None else None
         if free:
-            j = free.pop()
-            used_h.add(i)
-            used_r.add(j)
-            matches.append((hypothesis[i][0], reference[j][0]))
-    rest_h = [pair for i, pair in enumerate(hypothesis) if i not in used_h]
-    rest_r = [pair for j, pair in enumerate(reference) if j not in used_r]
-    return matches, rest_h, rest_r
+            matches[i] = free.pop()
 
 
 def meteor(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
     """METEOR as NLTK computes it, with the exact and stem stages (no WordNet synonyms)."""
     if not reference or not hypothesis:
         return 0.0
-    exact, rest_h, rest_r = _greedy_matches(list(enumerate(hypothesis)), list(enumerate(reference)))
-    stemmed, _, _ = _greedy_matches([(i, _stem(w)) for i, w in rest_h], [(j, _stem(w)) for j, w in rest_r])
-    matches = sorted(exact + stemmed, key=lambda pair: pair[0])
+    matches: dict[int, int] = {}
+    _greedy_matches(hypothesis, reference, matches)
+    if len(matches) < min(len(hypothesis), len(reference)):  # words left on both sides: the stem stage
+        taken = set(matches.values())
+        rest_h = [None if i in matches else _stem(word) for i, word in enumerate(hypothesis)]
+        rest_r = [None if j in taken else _stem(word) for j, word in enumerate(reference)]
+        _greedy_matches(rest_h, rest_r, matches)
     if not matches:
         return 0.0
     precision = len(matches) / len(hypothesis)
     recall = len(matches) / len(reference)
     fmean = precision * recall / (0.9 * precision + 0.1 * recall)
+    aligned = sorted(matches.items())
     chunks = 1
-    for (h0, r0), (h1, r1) in itertools.pairwise(matches):
+    for (h0, r0), (h1, r1) in itertools.pairwise(aligned):
         if not (h1 == h0 + 1 and r1 == r0 + 1):
             chunks += 1
     return (1 - 0.5 * (chunks / len(matches)) ** 3) * fmean
 
 
+# n-gram keys: the pair's index in the top 16 bits (so counts never mix across pairs), a 47-bit n-gram hash, and
+# one bit for the side (reference 0, candidate 1). Sorting the keys groups equal n-grams of a pair together.
+_PAIR_SHIFT = np.uint64(48)
+MAX_CHUNK = 1 << 16
 _PRIME = np.uint64(0x100000001B3)
-_PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_FMIX = (np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 
 
-def _flatten(sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate id sequences; return the flat ids, each position's sequence index and offset in its sequence."""
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    flat = np.concatenate(sequences).astype(np.uint64) if len(sequences) else np.zeros(0, np.uint64)
-    owner = np.repeat(np.arange(len(sequences)), lengths)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return flat, owner, np.arange(len(flat)) - starts
+def _fmix(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: spreads every input bit over the high bits that the keys keep."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * _FMIX[0]
+    x = x ^ (x >> np.uint64(33))
+    x = x * _FMIX[1]
+    return x ^ (x >> np.uint64(33))
 
 
-def _ngram_keys(sequences: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every n-gram of every sequence: (sequence index, 64-bit key mixing the n-gram's hash and that index)."""
-    flat, owner, offset = _flatten(sequences)
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-    valid = offset <= lengths[owner] - n if len(flat) else np.zeros(0, bool)
-    positions = np.nonzero(valid)[0]
-    padded = np.concatenate([flat, np.zeros(n, np.uint64)])
-    with np.errstate(over="ignore"):
-        digest = np.zeros(len(positions), np.uint64)
-        for k in range(n):
-            digest = digest * _PRIME + padded[positions + k] + np.uint64(1)
-        pair = owner[positions]
-        keys = digest ^ (pair.astype(np.uint64) * _PAIR_MIX)
-    return pair, keys
+class _Sequences:
+    """The token ids of many texts laid end to end, with what `keys` needs to cut them into n-grams."""
+
+    def __init__(self, ids: list[int] | np.ndarray, lengths: list[int], side: int) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64).view(np.uint64) * _GOLDEN
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        owner = np.repeat(np.arange(len(self.lengths), dtype=np.uint64), self.lengths)
+        # tokens left in its text from each position on: an n-gram starts where at least n are left
+        self.left = np.repeat(np.cumsum(self.lengths), self.lengths) - np.arange(len(self.ids))
+        self.tag = (owner << _PAIR_SHIFT) | np.uint64(side)
+        self._digest = np.zeros(len(self.ids), np.uint64)
+        self._order = 0
+
+    def keys(self, n: int) -> np.ndarray:
+        """Keys of all n-grams; orders must be asked for as 1, 2, 3, ... (each digest extends the previous one)."""
+        assert n == self._order + 1, "n-gram orders are built one after the other"
+        with np.errstate(over="ignore"):
+            self._digest = self._digest[: len(self.ids) - n + 1] * _PRIME + self.ids[n - 1 :] + np.uint64(1)
+            valid = self.left[: len(self._digest)] >= n
+            hashed = (_fmix(self._digest[valid]) >> np.uint64(17)) << np.uint64(1)
+        self._order = n
+        return self.tag[: len(self._digest)][valid] | hashed
+
+    def counts(self, n: int) -> np.ndarray:
+        """Per text, its number of n-grams."""
+        return np.maximum(self.lengths - n + 1, 0)
 
 
-def _overlaps(references: Sequence[np.ndarray], candidates: Sequence[np.ndarray], n: int) -> np.ndarray:
+def _overlaps(references: _Sequences, candidates: _Sequences, n: int) -> np.ndarray:
     """Per pair, the clipped n-gram overlap `sum_g min(count_ref(g), count_cand(g))`, for all pairs at once."""
-    ref_pair, ref_keys = _ngram_keys(references, n)
-    _, cand_keys = _ngram_keys(candidates, n)
-    ref_unique, ref_first, ref_counts = np.unique(ref_keys, return_index=True, return_counts=True)
-    cand_unique, cand_counts = np.unique(cand_keys, return_counts=True)
-    _, in_ref, in_cand = np.intersect1d(ref_unique, cand_unique, assume_unique=True, return_indices=True)
-    matched = np.minimum(ref_counts[in_ref], cand_counts[in_cand])
-    return np.bincount(ref_pair[ref_first[in_ref]], weights=matched, minlength=len(references))
+    keys = np.sort(np.concatenate([references.keys(n), candidates.keys(n)]))
+    pairs = len(references.lengths)
+    if not len(keys):
+        return np.zeros(pairs)
+    gram = keys >> np.uint64(1)
+    starts = np.flatnonzero(np.concatenate([[True], gram[1:] != gram[:-1]]))
+    sizes = np.diff(np.append(starts, len(keys)))
+    in_candidate = np.add.reduceat((keys & np.uint64(1)).astype(np.int64), starts)
+    matched = np.minimum(sizes - in_candidate, in_candidate)
+    owner = (keys[starts] >> _PAIR_SHIFT).astype(np.int64)
+    return np.bincount(owner, weights=matched, minlength=pairs)
 
 
-def _ids(tokens: Sequence[str], vocabulary: dict[str, int]) -> np.ndarray:
-    return np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for t in tokens), dtype=np.int64, count=len(tokens))
+def _f1_arrays(overlap: np.ndarray, reference_count: np.ndarray, candidate_count: np.ndarray) -> np.ndarray:
+    precision = overlap / np.maximum(candidate_count, 1)
+    recall = overlap / np.maximum(reference_count, 1)
+    total = precision + recall
+    return np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1), 0.0)
 
 
-def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+def _token_ids(tokens: list[str], flat: list[int], lengths: list[int]) -> None:
+    """Tokens as ids (Python's string hash: equal within a process, which is all one chunk needs)."""
+    flat.extend(map(hash, tokens))
+    lengths.append(len(tokens))
 
 
 def _stats_chunk(args: tuple[list[tuple[str, str]], Segmentation]) -> np.ndarray:
     """Statistics for a chunk: per-pair Python for what needs alignment (LCS, METEOR), arrays for n-gram overlaps."""
     pairs, segmentation = args
     stats = np.zeros((len(pairs), len(_STATS)))
-    vocabulary: dict[str, int] = {}
-    word_ids: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    bleu_ids: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    chars: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    flat: dict[str, list[int]] = {key: [] for key in ("ref_words", "cand_words", "ref_tokens", "sys_tokens")}
+    lengths: dict[str, list[int]] = {key: [] for key in flat}
+    texts: tuple[list[str], list[str]] = ([], [])  # whitespace removed, for chrF
     for row, (reference, candidate) in enumerate(pairs):
         ref_words, cand_words = words(reference, segmentation), words(candidate, segmentation)
         if ref_words and cand_words:
             stats[row, _COLUMN["rougeL"]] = _f1(lcs_length(ref_words, cand_words), len(ref_words), len(cand_words))
-        stats[row, _COLUMN["meteor"]] = meteor(ref_words, cand_words)
+            stats[row, _COLUMN["meteor"]] = meteor(ref_words, cand_words)
         longest = max(len(ref_words), len(cand_words))
         stats[row, _COLUMN["length_ratio"]] = min(len(ref_words), len(cand_words)) / longest if longest else 1.0
-        stats[row, _COLUMN["exact_match"]] = float(" ".join(reference.split()) == " ".join(candidate.split()))
-        tokenize = bleu_tokenizer(has_cjk(reference) or has_cjk(candidate))  # sacreBLEU's tokens: case kept
-        ref_tokens = tokenize(reference.rstrip()).split()  # type: ignore[operator]
-        sys_tokens = tokenize(candidate.rstrip()).split()  # type: ignore[operator]
-        for side, (text_words, text_tokens, text) in enumerate(
-            ((ref_words, ref_tokens, reference), (cand_words, sys_tokens, candidate))
-        ):
-            word_ids[side].append(_ids(text_words, vocabulary))
-            bleu_ids[side].append(_ids(text_tokens, vocabulary))
-            chars[side].append(_codepoints("".join(text.split())))
-    lengths = {
-        name: np.array([len(x) for x in seqs])
-        for name, seqs in (
-            ("ref_words", word_ids[0]),
-            ("cand_words", word_ids[1]),
-            ("ref_tokens", bleu_ids[0]),
-            ("sys_tokens", bleu_ids[1]),
-            ("ref_chars", chars[0]),
-            ("cand_chars", chars[1]),
-        )
-    }
+        ref_spaced, cand_spaced = reference.split(), candidate.split()
+        stats[row, _COLUMN["exact_match"]] = float(ref_spaced == cand_spaced)
+        tokenize = bleu_tokenizer(bleu_tokenizer_name(reference, candidate))  # sacreBLEU's tokens: case kept
+        _token_ids(ref_words, flat["ref_words"], lengths["ref_words"])
+        _token_ids(cand_words, flat["cand_words"], lengths["cand_words"])
+        _token_ids(tokenize(reference.rstrip()).split(), flat["ref_tokens"], lengths["ref_tokens"])
+        _token_ids(tokenize(candidate.rstrip()).split(), flat["sys_tokens"], lengths["sys_tokens"])
+        texts[0].append("".join(ref_spaced))
+        texts[1].append("".join(cand_spaced))
+    ref_words_seq = _Sequences(flat["ref_words"], lengths["ref_words"], 0)
+    cand_words_seq = _Sequences(flat["cand_words"], lengths["cand_words"], 1)
     for n, column in ((1, "rouge1"), (2, "rouge2")):
-        overlap = _overlaps(word_ids[0], word_ids[1], n)
-        ref_count = np.maximum(lengths["ref_words"] - n + 1, 0)
-        cand_count = np.maximum(lengths["cand_words"] - n + 1, 0)
-        precision = overlap / np.maximum(cand_count, 1)
-        recall = overlap / np.maximum(ref_count, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stats[:, _COLUMN[column]] = np.where(
-                precision + recall > 0, 2 * precision * recall / (precision + recall), 0
-            )
-    stats[:, _COLUMN["sys_len"]] = lengths["sys_tokens"]
-    stats[:, _COLUMN["ref_len"]] = lengths["ref_tokens"]
+        overlap = _overlaps(ref_words_seq, cand_words_seq, n)
+        stats[:, _COLUMN[column]] = _f1_arrays(overlap, ref_words_seq.counts(n), cand_words_seq.counts(n))
+    ref_tokens = _Sequences(flat["ref_tokens"], lengths["ref_tokens"], 0)
+    sys_tokens = _Sequences(flat["sys_tokens"], lengths["sys_tokens"], 1)
+    stats[:, _COLUMN["sys_len"]] = sys_tokens.lengths
+    stats[:, _COLUMN["ref_len"]] = ref_tokens.lengths
     for n in range(1, _BLEU_ORDER + 1):
-        stats[:, _COLUMN[f"bleu_correct{n}"]] = _overlaps(bleu_ids[1], bleu_ids[0], n)
-        stats[:, _COLUMN[f"bleu_total{n}"]] = np.maximum(lengths["sys_tokens"] - n + 1, 0)
+        stats[:, _COLUMN[f"bleu_correct{n}"]] = _overlaps(ref_tokens, sys_tokens, n)
+        stats[:, _COLUMN[f"bleu_total{n}"]] = sys_tokens.counts(n)
+    ref_chars, cand_chars = (_Sequences(_codepoints(side), [len(t) for t in side], k) for k, side in enumerate(texts))
     for n in range(1, _CHRF_ORDER + 1):
-        stats[:, _COLUMN[f"chrf_hyp{n}"]] = np.maximum(lengths["cand_chars"] - n + 1, 0)
-        stats[:, _COLUMN[f"chrf_ref{n}"]] = np.maximum(lengths["ref_chars"] - n + 1, 0)
-        stats[:, _COLUMN[f"chrf_match{n}"]] = _overlaps(chars[1], chars[0], n)
+        stats[:, _COLUMN[f"chrf_hyp{n}"]] = cand_chars.counts(n)
+        stats[:, _COLUMN[f"chrf_ref{n}"]] = ref_chars.counts(n)
+        stats[:, _COLUMN[f"chrf_match{n}"]] = _overlaps(ref_chars, cand_chars, n)
     return stats
+
+
+def _codepoints(texts: list[str]) -> np.ndarray:
+    return np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
 
 
 def _bleu(stats: np.ndarray) -> np.ndarray:
@@ -285,10 +301,13 @@ def extract(
     """
     pairs = [(str(r), str(c)) for r, c in pairs]
     workers = workers or os.cpu_count() or 1
-    chunks = [(pairs[i : i + chunk_size], segmentation) for i in range(0, len(pairs), chunk_size)]
+    chunks = [(part, segmentation) for part in _chunks(pairs, chunk_size, workers)]
     if workers <= 1 or len(chunks) <= 1:
         parts = [_stats_chunk(chunk) for chunk in _progress(chunks, progress)]
     else:
+        # Import what every chunk needs before the workers start, so that forked workers do not each import it.
+        bleu_tokenizer("13a")
+        _porter()
         with ProcessPoolExecutor(max_workers=workers) as pool:
             parts = list(_progress(pool.map(_stats_chunk, chunks), progress, total=len(chunks)))
     stats = np.concatenate(parts) if parts else np.zeros((0, len(_STATS)))
@@ -303,6 +322,15 @@ def extract(
         "exact_match": stats[:, 5],
     }
     return np.stack([columns[name] for name in FEATURES], axis=1) if len(stats) else np.zeros((0, len(FEATURES)))
+
+
+def _chunks(pairs: list[tuple[str, str]], chunk_size: int, workers: int) -> list[list[tuple[str, str]]]:
+    """Chunks of at most `chunk_size` pairs, as many as a multiple of `workers` (so no worker idles at the end)."""
+    count = -(-len(pairs) // max(1, min(chunk_size, MAX_CHUNK)))
+    if workers > 1:
+        count = -(-count // workers) * workers
+    size = -(-len(pairs) // max(count, 1))
+    return [pairs[i : i + size] for i in range(0, len(pairs), size)] if pairs else []
 
 
 def _progress(items: Any, enabled: bool, total: int | None = None) -> Any:

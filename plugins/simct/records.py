@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,14 +35,37 @@ class StageResponses:
     source: str
     responses: dict[str, list[str]] = field(default_factory=dict)
     query_types: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+    """Prompt -> its record's `id`, where the file gives one (as a string: `7` and `"7"` match)."""
 
     @property
     def prompts(self) -> list[str]:
         return list(self.responses)
 
+    @property
+    def has_ids(self) -> bool:
+        """Whether every prompt carries an `id`."""
+        return bool(self.responses) and len(self.ids) == len(self.responses)
+
+    def keys(self, by_id: bool) -> dict[str, str]:
+        """Prompt -> the key it is matched on: its id, or its normalised text."""
+        if by_id:
+            return {prompt: f"id {self.ids[prompt]}" for prompt in self.responses}
+        return {prompt: normalise_prompt(prompt) for prompt in self.responses}
+
+
+def normalise_prompt(text: str) -> str:
+    """NFKC, whitespace runs collapsed to one space, ends stripped: trailing spaces or a full-width letter do not
+    make two prompts different."""
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
 
 def read_responses(path: str | os.PathLike[str]) -> StageResponses:
-    """Read a stage's JSONL file; every malformed line is reported with its number (all of them, at once)."""
+    """Read a stage's JSONL file; every malformed line is reported with its number (all of them, at once).
+
+    An `id` names one prompt: the same id on two different prompts (after `normalise_prompt`), or two ids on one
+    prompt, is an error on the later line (matching by id would otherwise merge or split prompts silently).
+    """
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"responses file not found: {file}")
@@ -50,7 +74,10 @@ def read_responses(path: str | os.PathLike[str]) -> StageResponses:
     stage = StageResponses(str(file))
     grouped: dict[str, list[str]] = defaultdict(list)
     issues: list[ConfigIssue] = []
-    for record in _records(file, issues):
+    owners: dict[str, tuple[str, int]] = {}  # id -> (normalised prompt, first line)
+    for number, record in _records(file, issues):
+        if record.get("id") is not None and not _claim_id(stage, owners, record, number, issues):
+            continue
         grouped[record["prompt"]].append(record["response"])
         if record.get("query_type") is not None:
             stage.query_types.setdefault(record["prompt"], record["query_type"])
@@ -62,8 +89,27 @@ def read_responses(path: str | os.PathLike[str]) -> StageResponses:
     return stage
 
 
-def _records(file: Path, issues: list[ConfigIssue]) -> Iterator[dict[str, Any]]:
-    """Each valid line's record; a problem on a line goes to `issues` and the line is skipped."""
+def _claim_id(
+    stage: StageResponses,
+    owners: dict[str, tuple[str, int]],
+    record: dict[str, Any],
+    number: int,
+    issues: list[ConfigIssue],
+) -> bool:
+    """Record the line's id for its prompt; False (with an issue) when it contradicts an earlier line."""
+    identifier, prompt = str(record["id"]), record["prompt"]
+    owner, first = owners.setdefault(identifier, (normalise_prompt(prompt), number))
+    if owner != normalise_prompt(prompt):
+        issues.append(ConfigIssue("id", f"{identifier!r} already names another prompt (line {first})", line=number))
+        return False
+    if stage.ids.setdefault(prompt, identifier) != identifier:
+        issues.append(ConfigIssue("id", f"this prompt already has id {stage.ids[prompt]!r}", line=number))
+        return False
+    return True
+
+
+def _records(file: Path, issues: list[ConfigIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each valid line's number and record; a problem on a line goes to `issues` and the line is skipped."""
     with file.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -74,7 +120,7 @@ def _records(file: Path, issues: list[ConfigIssue]) -> Iterator[dict[str, Any]]:
             except _LineError as error:
                 issues.append(ConfigIssue(error.path, error.message, line=number, kind=error.kind))
                 continue
-            yield record
+            yield number, record
 
 
 def _parse_line(raw: bytes, *, first: bool, last: bool) -> Any:

@@ -89,6 +89,21 @@ def render_html(result: GateResult, png: bytes) -> str:
     missing = [{"prompt": p, "only in": "A"} for p in result.only_in_a] + [
         {"prompt": p, "only in": "B"} for p in result.only_in_b
     ]
+    notes = []
+    if result.response_wise is not None:
+        for kind in ("cross", "within"):
+            part = result.response_wise[kind]
+            notes.append(
+                f"Response-wise, {kind}-stage pairs: {part['inconsistent']} of {part['pairs']} inconsistent "
+                f"({part['inconsistency_rate']:.1%}, 95% CI [{part['ci_low']:.1%}, {part['ci_high']:.1%}]; "
+                f"threshold {result.response_wise['threshold']:.3f})."
+            )
+    if result.fallback:
+        notes.append(f"Note: {result.fallback}.")
+    if result.unseen_query_types:
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(result.unseen_query_types.items()))
+        notes.append(f"Query types the classifier never saw in training (scored as unknown): {listed}.")
+    paragraphs = "\n".join(f"<p>{html.escape(note)}</p>" for note in notes)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>simct gate: {result.verdict}</title>
 <style>
@@ -100,10 +115,11 @@ td, th {{ border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; v
 <h1>simct consistency gate</h1>
 <p class="verdict">{result.verdict}</p>
 <p>{html.escape(result.reason)}</p>
+{paragraphs}
 {_table(facts, ["", "value"])}
 <img alt="score distributions" src="data:image/png;base64,{image}" style="max-width: 100%">
 <h2>Least consistent response pairs</h2>
-{_table(result.least_consistent, ["prompt", "response_a", "response_b", "score"])}
+{_table(result.least_consistent, ["prompt", "response_a", "response_b", "score", "consistent"])}
 <h2>Prompts in one file only</h2>
 {_table(missing, ["prompt", "only in"]) if missing else "<p>none</p>"}
 <h2>Per prompt</h2>

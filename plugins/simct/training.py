@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from omnimm.errors import ConfigError, ConfigIssue
 from omnimm_plugins.simct.classifier import ConsistencyClassifier, classification_metrics
 from omnimm_plugins.simct.features import pair_features
 from omnimm_plugins.simct.stsb import LabelledPairs, labelled_pairs
@@ -44,6 +45,74 @@ def train_on_stsb(
     """One classifier per parameter set, each cross-validated on train; the best ROC-AUC on dev wins."""
     train, names = featurise(folder, "train", encoder=encoder, workers=workers)
     dev, _ = featurise(folder, "dev", encoder=encoder, workers=workers)
+    return _select(train, dev, names, grid=grid, seed=seed)
+
+
+def train_on_pairs(
+    train: LabelledPairs,
+    dev: LabelledPairs | None = None,
+    *,
+    encoder: Any = None,
+    workers: int | None = None,
+    grid: tuple[dict[str, Any], ...] = GRID,
+    seed: int = 0,
+    dev_fraction: float = 0.2,
+) -> tuple[ConsistencyClassifier, dict[str, Any]]:
+    """Your own labelled pairs (query types of your own naming): select on `dev`, or on a seeded, stratified
+    `dev_fraction` of `train` held out when no dev pairs are given."""
+    _check_counts("training pairs", train, FOLDS + (0 if dev is not None else 2))
+    if dev is None:
+        train, dev = _hold_out(train, dev_fraction, seed)
+    _check_counts("training pairs", train, FOLDS)
+    _check_counts("dev pairs", dev, 1)
+    train_values, names = pair_features(train.pairs, encoder=encoder, workers=workers)
+    dev_values, _ = pair_features(dev.pairs, encoder=encoder, workers=workers)
+    model, info = _select(Split(train, train_values), Split(dev, dev_values), names, grid=grid, seed=seed)
+    info["train_pairs"], info["dev_pairs"] = len(train), len(dev)
+    return model, info
+
+
+FOLDS = 5
+"""Cross-validation folds of `ConsistencyClassifier.fit`: each label needs at least this many training pairs."""
+
+
+def _check_counts(what: str, data: LabelledPairs, least: int) -> None:
+    """Each label needs `least` pairs, or sklearn's fold and split makers fail with a message about `n_splits`."""
+    counts = {label: int((data.labels == label).sum()) for label in (0, 1)}
+    if min(counts.values()) < least:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "label",
+                    f"{what}: need at least {least} pairs of each label (1 consistent, 0 inconsistent) for "
+                    f"{FOLDS}-fold cross-validation and selection; got {counts[1]} with 1 and {counts[0]} with 0",
+                )
+            ],
+            title="labelled pairs",
+        )
+
+
+def _hold_out(data: LabelledPairs, fraction: float, seed: int) -> tuple[LabelledPairs, LabelledPairs]:
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(data))
+    kept, held = train_test_split(rows, test_size=fraction, random_state=seed, stratify=data.labels)
+    return _subset(data, np.sort(kept)), _subset(data, np.sort(held))
+
+
+def _subset(data: LabelledPairs, rows: np.ndarray) -> LabelledPairs:
+    return LabelledPairs(
+        [data.references[i] for i in rows],
+        [data.candidates[i] for i in rows],
+        data.labels[rows],
+        [data.query_types[i] for i in rows],
+        data.scores[rows],
+    )
+
+
+def _select(
+    train: Split, dev: Split, names: list[str], *, grid: tuple[dict[str, Any], ...], seed: int
+) -> tuple[ConsistencyClassifier, dict[str, Any]]:
     best: tuple[float, ConsistencyClassifier, dict[str, Any]] | None = None
     trials = []
     for params in grid:
