@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from bench_haruhi_store import latencies, recall
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCRIPT = SHARED / "tinyshakespeare" / "input.txt"
 CHARACTERS = ["ROMEO", "JULIET", "MENENIUS", "GLOUCESTER"]
@@ -66,6 +68,93 @@ def bench_quality() -> list[dict[str, Any]]:
     return rows
 
 
+# -- whole scenes: windows vs the first 128 tokens ------------------------------------------------------------------
+
+DEV_CHARACTERS = ["DUKE VINCENTIO", "PETRUCHIO", "LEONTES"]  # plays none of the test characters speak in
+DEV_QUERIES = 100  # a seeded sample of held-out lines per dev character
+WINDOW_GRID = [(126, 126), (126, 64), (126, 32), (64, 32), (64, 16)]  # (window, stride) tokens; 126 = 128 - 2 special
+
+
+class MemoEncoder:
+    """The real encoder, embedding each distinct text once across configurations (sorted by length: less padding)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder, self.tokenizer, self.config = encoder, encoder.tokenizer, encoder.config
+        self.memo: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        todo = sorted({t for t in texts if t not in self.memo}, key=len)
+        if todo:
+            self.memo.update(zip(todo, self.encoder.encode(todo, batch_size=32), strict=True))
+        return np.stack([self.memo[t] for t in texts])
+
+
+def _pooled_hits(tasks: list[Any], ranker: Any, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, np.ndarray]:
+    from omnimm_plugins.haruhi.evaluate import hits_at_k
+
+    rankings = [(ranker(task), task.targets) for task in tasks]
+    return {k: np.concatenate([hits_at_k(r, t, k) for r, t in rankings]) for k in ks}
+
+
+def _interval(values: np.ndarray) -> str:
+    from omnimm_plugins.haruhi.evaluate import recall_interval
+
+    mean, low, high = recall_interval(values)
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def bench_scene_windows() -> list[dict[str, Any]]:
+    """On dev characters, recall of the first 128 tokens, the first 512 (every position MiniLM has) and windows of
+    126 or 64 tokens (a scene scores as its best window); the best window setting by dev recall@5 and the first 512
+    tokens are then reported against the first 128 tokens on the test characters."""
+    from omnimm.registry import encoders
+    from omnimm_plugins.haruhi.embeddings import SceneWindows
+    from omnimm_plugins.haruhi.evaluate import dense_ranker, held_out_task
+    from omnimm_plugins.haruhi.scripts import read_turns
+
+    turns = read_turns(SCRIPT)
+    encoder = MemoEncoder(encoders.build({"name": "hf/sentence-encoder"}))
+    full = MemoEncoder(encoders.build({"name": "hf/sentence-encoder", "max_length": 512}))  # every position
+    dev = [held_out_task(turns, c, max_queries=DEV_QUERIES, seed=0) for c in DEV_CHARACTERS]
+    test = [held_out_task(turns, c) for c in CHARACTERS]
+    candidates = {"first 128 tokens": dense_ranker(encoder), "first 512 tokens": dense_ranker(full)}
+    candidates |= {f"windows {w}/{s}": dense_ranker(encoder, windows=SceneWindows(w, s)) for w, s in WINDOW_GRID}
+    rows, dev_hits = [], {}
+    dev_label = f"dev: {', '.join(DEV_CHARACTERS)} ({sum(len(t.queries) for t in dev)} held-out lines)"
+    for name, ranker in candidates.items():
+        dev_hits[name] = _pooled_hits(dev, ranker)
+        rows.append(_window_row(dev_label, name, dev_hits[name], dev_hits["first 128 tokens"]))
+    chosen = max((n for n in candidates if n.startswith("windows")), key=lambda n: dev_hits[n][5].mean())
+    test_label = f"test: {', '.join(CHARACTERS)} ({sum(len(t.queries) for t in test)} held-out lines)"
+    baseline = _pooled_hits(test, candidates["first 128 tokens"])
+    for name in ["first 128 tokens", "first 512 tokens", chosen]:
+        hits = baseline if name == "first 128 tokens" else _pooled_hits(test, candidates[name])
+        rows.append(_window_row(test_label, name, hits, baseline) | {"chosen_on_dev": name == chosen})
+    return rows
+
+
+def _window_row(split: str, name: str, hits: dict[int, np.ndarray], baseline: dict[int, np.ndarray]) -> dict:
+    from omnimm_plugins.haruhi.evaluate import recall_interval
+
+    intervals = {f"recall@{k}": recall_interval(v) for k, v in hits.items()}
+    diff = hits[5] - baseline[5]
+    low, high = recall_interval(diff)[1:]
+    return {
+        "benchmark": f"recall@5, {split}",
+        "ours_label": f"MiniLM dense, {name}",
+        "reference_label": "MiniLM dense, first 128 tokens (before)",
+        "ours": intervals["recall@5"][0],
+        "reference": float(baseline[5].mean()),
+        "ratio": intervals["recall@5"][0] / baseline[5].mean() if baseline[5].mean() else None,
+        "unit": "recall",
+        "notes": "; ".join(f"@{k} {_interval(v)}" for k, v in hits.items()) + f"; diff@5 95% [{low:+.3f}, {high:+.3f}]",
+        "split": split,
+        "config": name,
+        "intervals": intervals,
+        "paired_difference_recall@5": [float(diff.mean()), low, high],
+    }
+
+
 # -- speed ----------------------------------------------------------------------------------------------------------
 
 
@@ -83,19 +172,6 @@ def numpy_search(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top])]
 
 
-def latencies(search: Any, queries: np.ndarray) -> tuple[np.ndarray, list[Any]]:
-    times, answers = [], []
-    for query in queries:
-        started = time.perf_counter()
-        answers.append(search(query))
-        times.append(time.perf_counter() - started)
-    return np.asarray(times) * 1000, answers
-
-
-def recall(found: list[list[int]], truth: list[np.ndarray]) -> float:
-    return float(np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)]))
-
-
 def bench_size(n: int, kinds: list[str]) -> list[dict[str, Any]]:
     from omnimm_plugins.haruhi.configs import MemoryStoreConfig
     from omnimm_plugins.haruhi.store import FaissMemory
@@ -107,7 +183,7 @@ def bench_size(n: int, kinds: list[str]) -> list[dict[str, Any]]:
     ids = list(range(n))
     texts = [f"memory {i}" for i in ids]
 
-    reference_ms, truth = latencies(lambda q: numpy_search(matrix, q, K), queries)
+    reference_ms, truth = latencies(lambda q: numpy_search(matrix, q, K), queries, warmup=0)
     rows = []
     for kind in kinds:
         nlist = 1024 if n >= 1_000_000 else None
@@ -115,7 +191,7 @@ def bench_size(n: int, kinds: list[str]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         store.add(matrix, texts, ids=ids)
         build = time.perf_counter() - started
-        ours_ms, hits = latencies(lambda q, s=store: s.search(q, K)[0], queries)
+        ours_ms, hits = latencies(lambda q, s=store: s.search(q, K)[0], queries, warmup=0)
         found = [[h.id for h in row] for row in hits]
         started = time.perf_counter()
         store.search(queries, K)
@@ -164,6 +240,25 @@ def bench_size(n: int, kinds: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def main_windows() -> None:
+    """`python benchmarks/bench_haruhi.py windows`: the whole-scene table alone, into results/haruhi_windows.json."""
+    import json
+    import sys
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from omnimm.files import atomic_write_text
+    from run import environment, print_table
+
+    started = time.perf_counter()
+    rows = bench_scene_windows()
+    print_table("haruhi windows", rows, Console(width=160))
+    out = Path(__file__).resolve().parent / "results" / "haruhi_windows.json"
+    report = {"suite": "haruhi_windows", "seconds": time.perf_counter() - started, "environment": environment()}
+    atomic_write_text(out, json.dumps({**report, "rows": rows}, indent=1) + "\n")
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     rows = bench_quality() if SCRIPT.is_file() else []
     sizes = [(10_000, ["flat", "ivf", "hnsw"]), (100_000, ["flat", "ivf", "hnsw"])]
@@ -172,3 +267,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for n, kinds in sizes:
         rows += bench_size(n, kinds)
     return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["windows"]:
+        main_windows()
+    else:
+        raise SystemExit("usage: python benchmarks/bench_haruhi.py windows (whole suite: benchmarks/run.py haruhi)")

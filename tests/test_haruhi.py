@@ -648,7 +648,7 @@ def test_cli_reports_a_damaged_index_in_one_line(tmp_path: Path, romeo: Characte
 def test_demo_without_llm_builds_romeo_and_shows_prompts(tmp_path: Path):
     result = run_cli("demo", "haruhi", "--no-llm", "--workdir", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "ROMEO: 73 scenes from romeo_and_juliet.txt" in result.stdout
+    assert "ROMEO: 72 scenes from romeo_and_juliet.txt" in result.stdout  # a wordless speaker swallows no line
     assert result.stdout.count("--- composed prompt ---") == 3
     assert (tmp_path / "ROMEO" / "index" / "manifest.json").is_file()
 
@@ -703,3 +703,18 @@ def test_config_file_for_a_session_validates_with_field_paths(tmp_path: Path):
         load_config(path, SessionConfig)
     text = str(error.value)
     assert "llm.base_url" in text and "prompt.max_story_tokens" in text and ":4:" in text
+
+
+def test_a_chatharuhi_file_with_a_placeholder_config_takes_its_language_from_the_text(tmp_path: Path):
+    vector = encode_vector(unit(1, 4)[0])
+    rows = [
+        {"text": "你是凉宫春日，SOS团的团长。", "luotuo_openai": "system_prompt"},
+        {"text": "Reserve Config Setting Here", "luotuo_openai": "config"},  # what ChatHaruhi's files hold
+        {"text": "阿虚:「你在干什么？」\n春日:「我在找外星人！」", "luotuo_openai": vector},
+    ]
+    path = tmp_path / "haruhi.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    assert Character.from_chatharuhi(path)[0].language == "zh"
+    rows[0]["text"], rows[2]["text"] = "You are Haruhi.", 'KYON: "What are you doing?"'
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert Character.from_chatharuhi(path)[0].language == "en"

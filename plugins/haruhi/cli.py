@@ -17,6 +17,14 @@ EncoderOption = Annotated[
     Path | None, typer.Option("--encoder", help="An encoder config file (YAML/JSON); default: all-MiniLM-L6-v2.")
 ]
 IndexOption = Annotated[str, typer.Option("--index", help="Index kind: flat (exact), ivf or hnsw (approximate).")]
+WindowOption = Annotated[
+    int | None,
+    typer.Option("--window-tokens", help="Tokens per embedded window of a scene (default: all the encoder reads)."),
+]
+StrideOption = Annotated[int | None, typer.Option("--stride-tokens", help="Tokens between window starts.")]
+TruncateOption = Annotated[
+    bool, typer.Option("--truncate", help="Embed each scene once, cut to the encoder's max_length (the default).")
+]
 
 
 def _console(stderr: bool = False) -> Any:
@@ -39,9 +47,38 @@ def _store_config(kind: str) -> Any:
     return MemoryStoreConfig.model_validate({"index": kind})
 
 
-def _index(character: Any, encoder: Path | None, kind: str) -> None:
-    store = character.index(_encoder(encoder), _store_config(kind), progress=True)
-    _console().print(f"{character.folder}: {len(store)} memories indexed ({kind}, dim {store.dim})", markup=False)
+def _index(character: Any, encoder: Path | None, kind: str, *, windows: Any = "default", built: Any = None) -> None:
+    from omnimm_plugins.haruhi.character import DEFAULT_WINDOWS
+
+    chosen = DEFAULT_WINDOWS if windows == "default" else windows
+    store = character.index(_encoder(encoder), _store_config(kind), windows=chosen, progress=True, built_encoder=built)
+    scenes = store.scenes
+    cut = "; each cut to the encoder's max_length"
+    if scenes:
+        cut = f"; {len(store.windows)} windows of {scenes['window']} {scenes['unit']}, stride {scenes['stride']}"
+    _console().print(f"{character.folder}: {len(store)} memories indexed ({kind}, dim {store.dim}){cut}", markup=False)
+
+
+def _windows(window: int | None, stride: int | None, truncate: bool) -> Any:
+    """The --window-tokens / --stride-tokens / --truncate choice (an error line and exit 2 when they clash)."""
+    from omnimm_plugins.haruhi.character import DEFAULT_WINDOWS
+    from omnimm_plugins.haruhi.embeddings import SceneWindows
+
+    if truncate:
+        if window is not None or stride is not None:
+            _usage_error("--truncate embeds each scene once: drop --window-tokens / --stride-tokens")
+        return None
+    if window is None and stride is None:
+        return DEFAULT_WINDOWS
+    try:
+        return SceneWindows(window, stride)
+    except ValueError as error:
+        _usage_error(str(error))
+
+
+def _usage_error(message: str) -> None:
+    _console(stderr=True).print(f"error: {message}", markup=False)
+    raise typer.Exit(2)
 
 
 @haruhi_app.command("import-script")
@@ -56,9 +93,15 @@ def import_script(
     index: IndexOption = "flat",
 ) -> None:
     """Build a character package from a play script: scenes are windows of turns where the character speaks."""
+    from omnimm.files import read_utf8
     from omnimm_plugins.haruhi.character import character_from_script
+    from omnimm_plugins.haruhi.prompt import TEMPLATES
 
-    prompt = system_prompt.read_text(encoding="utf-8").strip() if system_prompt else None
+    if language not in TEMPLATES:
+        raise ValueError(f"--language: expected one of {', '.join(TEMPLATES)}, got {language!r}")
+    prompt = read_utf8(system_prompt).strip() if system_prompt else None
+    if system_prompt is not None and not prompt:
+        raise ValueError(f"{system_prompt}: the system prompt file is empty")
     built = character_from_script(script, character, window=window, system_prompt=prompt, language=language)
     built.save(out)
     _console().print(f"{out}: {character} with {len(built.chunks)} scenes", markup=False)
@@ -70,20 +113,35 @@ def import_jsonl(
     jsonl: Annotated[Path, typer.Argument(help="A character in ChatHaruhi's JSONL format.")],
     out: Annotated[Path, typer.Option(help="The character folder to write.")],
     name: Annotated[str | None, typer.Option(help="The character's name (default: from the file).")] = None,
+    embedding_key: Annotated[
+        str | None,
+        typer.Option(help="The embedding column to read when the file has several (default: the encoder's size)."),
+    ] = None,
     encoder: EncoderOption = None,
     index: IndexOption = "flat",
+    window_tokens: WindowOption = None,
+    stride_tokens: StrideOption = None,
+    truncate: TruncateOption = False,
 ) -> None:
     """Import a ChatHaruhi JSONL character; chunks are re-embedded with omnimm's encoder (cached)."""
     from omnimm_plugins.haruhi.character import Character
+    from omnimm_plugins.haruhi.embeddings import build_encoder, encoder_config
 
-    built, vectors = Character.from_chatharuhi(jsonl, name=name)
+    windows = _windows(window_tokens, stride_tokens, truncate)
+    built, vectors = Character.from_chatharuhi(jsonl, name=name, embedding_key=embedding_key)  # checks the file
+    module = build_encoder(encoder_config(_encoder(encoder)))
+    if "ignored_embedding_keys" in built.info and embedding_key is None:  # several columns: the encoder's size
+        dim = getattr(module, "out_dim", None)
+        built, vectors = Character.from_chatharuhi(jsonl, name=name, prefer_dim=dim)
     built.save(out)
+    ignored = built.info.get("ignored_embedding_keys")
     _console().print(
-        f"{out}: {built.name} with {len(built.chunks)} chunks (the file's {vectors.shape[1]}-d embeddings "
-        f"'{built.info['embedding_key']}' are not reused: queries need the same encoder)",
+        f"{out}: {built.name} with {len(built.chunks)} chunks (read the {vectors.shape[1]}-d embedding column "
+        f"'{built.info['embedding_key']}'" + (f", ignored {', '.join(ignored)}" if ignored else "") + "; not reused: "
+        "queries need the same encoder)",
         markup=False,
     )
-    _index(built, encoder, index)
+    _index(built, encoder, index, windows=windows, built=module)
 
 
 @haruhi_app.command("export-jsonl")
@@ -95,17 +153,22 @@ def export_jsonl(
     """Write a character in ChatHaruhi's JSONL format, with the embeddings of its index."""
     import numpy as np
 
+    from omnimm.errors import StoreError
     from omnimm_plugins.haruhi.character import Character
-    from omnimm_plugins.haruhi.embeddings import EmbeddingCache, content_key
+    from omnimm_plugins.haruhi.embeddings import EmbeddingCache
 
     loaded = Character.load(character)
     store = loaded.open_store()
     cache = EmbeddingCache.for_model(character / "cache", store.model)
-    vectors = cache.lookup([content_key(c.text) for c in loaded.chunks])
-    if any(v is None for v in vectors):
-        raise typer.BadParameter(f"{character}: some chunks have no cached embedding; run `omnimm haruhi index` first")
+    vectors = store.scene_vectors(loaded.chunks, cache)  # one per chunk: the mean of its windows', unit length
+    missing = sum(v is None for v in vectors)
+    if missing:
+        raise StoreError(
+            f"{character}: {missing} of {len(vectors)} chunks have no cached embedding; run `omnimm haruhi index`"
+        )
     loaded.export_chatharuhi(out, np.stack(vectors), embedding_key=embedding_key, model=store.model)
-    _console().print(f"{out}: {len(loaded.chunks)} chunks", markup=False)
+    windowed = f" (each the mean of its {store.scenes['window']}-token windows)" if store.scenes else ""
+    _console().print(f"{out}: {len(loaded.chunks)} chunks{windowed}", markup=False)
 
 
 @haruhi_app.command("index")
@@ -113,22 +176,31 @@ def index_command(
     character: Annotated[Path, typer.Argument(help="A character folder.")],
     encoder: EncoderOption = None,
     index: IndexOption = "flat",
+    window_tokens: WindowOption = None,
+    stride_tokens: StrideOption = None,
+    truncate: TruncateOption = False,
 ) -> None:
-    """(Re)build a character's index; unchanged chunks reuse their cached embeddings."""
+    """(Re)build a character's index; unchanged chunks reuse their cached embeddings.
+
+    Each scene is embedded once with all the encoder's positions (512 tokens for the default MiniLM); with
+    --window-tokens / --stride-tokens it is cut into overlapping windows and ranks by its best window."""
     from omnimm_plugins.haruhi.character import Character
 
-    _index(Character.load(character), encoder, index)
+    windows = _windows(window_tokens, stride_tokens, truncate)
+    _index(Character.load(character), encoder, index, windows=windows)
 
 
 @haruhi_app.command("search")
 def search_command(
     character: Annotated[Path, typer.Argument(help="A character folder with an index.")],
     query: Annotated[str, typer.Argument(help="What to look for.")],
-    k: Annotated[int, typer.Option("-k", help="How many memories.")] = 5,
+    k: Annotated[int, typer.Option("-k", help="How many memories (>= 1).")] = 5,
 ) -> None:
     """The memories closest to a query, with their scores."""
     from omnimm_plugins.haruhi.session import RolePlaySession
 
+    if k < 1:
+        _usage_error(f"-k must be >= 1, got {k}")
     session = RolePlaySession.from_config({"character": str(character)})
     console = _console()
     for hit in session.retrieve(query, k):
@@ -156,8 +228,9 @@ def chat_command(
 ) -> None:
     """Chat with a character. One line per turn; /reset clears the history, /exit (or end of input) quits.
 
-    A turn the backend fails is reported in one line and left out of the history; the chat goes on, and the exit
-    status is 1 when any turn failed. A resumed session file never chooses the backend: give your own.
+    A turn the backend fails (or a line that is not UTF-8) is reported in one line and left out of the history; the
+    chat goes on, and the exit status is 1 when any turn failed. A resumed session file never chooses the backend:
+    give your own.
     """
     from omnimm_plugins.haruhi.session import RolePlaySession, read_session, saved_history
 
@@ -172,7 +245,7 @@ def chat_command(
         values["user_role"] = role
     if saved is not None and values.get("llm") is None and not no_llm:
         _note_unused_backend(session, saved)
-    chat = RolePlaySession.from_config(values)
+    chat = RolePlaySession.from_config(_checked_session_config(values, config))
     if saved is not None:
         chat.history = saved_history(saved)
     failed = _repl(chat, show_prompt=show_prompt or chat.llm is None, session=session)
@@ -201,6 +274,14 @@ def _session_values(character: Path | None, config: Path | None, saved: dict[str
     return values
 
 
+def _checked_session_config(values: dict[str, Any], config: Path | None) -> Any:
+    """The validated session options (`ConfigError` naming each field), before any model is loaded."""
+    from omnimm.configbase import validate_as
+    from omnimm_plugins.haruhi.configs import SessionConfig
+
+    return validate_as(SessionConfig, values, source=str(config) if config is not None else None)
+
+
 def _note_unused_backend(session: Path | None, saved: dict[str, Any]) -> None:
     from omnimm_plugins.haruhi.session import unused_backend_note
 
@@ -217,7 +298,7 @@ def _llm_choice(llm: Path | None, endpoint: str | None, model: str, smollm2: boo
 
         return read_config_file(llm)[0]
     if endpoint is not None:
-        return {"name": "openai/chat", "base_url": endpoint, "model": model}
+        return _endpoint_config(endpoint, model)
     if smollm2:
         from omnimm.llm.packaged import smollm2_config
 
@@ -225,14 +306,45 @@ def _llm_choice(llm: Path | None, endpoint: str | None, model: str, smollm2: boo
     return None
 
 
+def _endpoint_config(endpoint: str, model: str) -> dict[str, Any]:
+    """`openai/chat` for --endpoint, refused now (not at the first turn) when the URL cannot be used."""
+    from omnimm.errors import ConfigError
+    from omnimm.registry import llms
+
+    config = {"name": "openai/chat", "base_url": endpoint, "model": model}
+    try:
+        llms.validate(config)
+    except ConfigError as error:
+        problems = "; ".join(issue.message for issue in error.issues)
+        raise ValueError(f"--endpoint: {problems}") from None
+    return config
+
+
+def _input_lines() -> Any:
+    """(line number, text or None) for each line of stdin; None where the line is not UTF-8 (reported by the REPL)."""
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            yield number, raw.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as error:
+            _console(stderr=True).print(
+                f"error: stdin line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                f"{error.start + 1}); turn skipped",
+                markup=False,
+            )
+            yield number, None
+
+
 def _repl(chat: Any, *, show_prompt: bool, session: Path | None) -> int:
-    """Answer stdin line by line; returns how many turns the backend failed."""
+    """Answer stdin line by line; returns how many turns failed (the backend, or a line that is not UTF-8)."""
     console = _console()
     name = chat.character.name
     failed = 0
     if chat.llm is None:
         console.print(f"{name}: no LLM configured; showing retrieval and the composed prompt only.", markup=False)
-    for line in sys.stdin:
+    for _, line in _input_lines():
+        if line is None:
+            failed += 1
+            continue
         text = line.strip()
         if not text:
             continue

@@ -12,19 +12,32 @@ from omnimm.config import ComponentConfig, EncoderRef, LLMRef, field_error
 class MemoryStoreConfig(ComponentConfig):
     """`haruhi/memory`: a faiss index of unit-length embeddings (inner product = cosine), ids mapped to texts."""
 
-    index: Literal["flat", "ivf", "hnsw"] = "flat"
-    """`flat`: exact search (the default; right up to ~100k memories). `ivf`: inverted lists, approximate, fast to
-    build, supports deletes. `hnsw`: graph, approximate, fastest queries, deletes are tombstones until compaction."""
+    index: Literal["flat", "ivf", "hnsw"] | None = None
+    """Unset (the default): chosen by size, `flat` up to `exact_up_to` memories, `hnsw` above (the store switches
+    when it grows past the limit). `flat`: exact search. `ivf`: inverted lists, approximate, fast to build,
+    supports deletes. `hnsw`: graph, approximate, fastest queries, deletes are tombstones until compaction."""
+    exact_up_to: int = Field(20_000, ge=0)
+    """With `index` unset: the largest store searched exactly (`flat`)."""
+    target_recall: float = Field(0.97, gt=0, le=1)
+    """Recall@10 against exact search that an approximate index is tuned for when `nprobe` / `ef_search` are unset:
+    measured on a held-out sample of the store's own vectors when it is built (and again once it has grown or
+    shrunk by a fifth), recorded in the manifest."""
     nlist: int | None = Field(None, ge=1)
     """IVF cells. Unset: 4 * sqrt(n) on the first add, at most n / 39 (faiss' minimum training points per cell)."""
-    nprobe: int = Field(16, ge=1)
-    """IVF cells visited per query (recall vs speed)."""
+    nprobe: int | None = Field(None, ge=1)
+    """IVF cells visited per query (recall vs speed). Unset: the fewest that reach `target_recall`."""
     hnsw_m: int = Field(32, ge=4)
     """HNSW neighbours per node."""
-    ef_construction: int = Field(80, ge=8)
-    """HNSW candidate list size while building."""
-    ef_search: int = Field(64, ge=1)
-    """HNSW candidate list size per query (recall vs speed)."""
+    ef_construction: int = Field(200, ge=8)
+    """HNSW candidate list size while building (a better graph reaches a recall with a shorter `ef_search`)."""
+    ef_search: int | None = Field(None, ge=1)
+    """HNSW candidate list size per query (recall vs speed). Unset: the smallest that reaches `target_recall`
+    (scaled by k / 10 for k > 10)."""
+    tuning_similarity: float = Field(0.85, gt=0, le=1)
+    """Build-time tuning: memories at least this similar (cosine) to a held-out tuning vector are held out with it,
+    and a tuning vector with a near-copy already in the store is not used, so that each is searched as a new text
+    would be; a vector beside its own near-copy (overlapping windows, duplicates) is found far more easily than a
+    query and overstates recall."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: search on the GPU when faiss-gpu is installed and a GPU is visible (`flat` and `ivf`)."""
 

@@ -3,6 +3,10 @@
 Any registered encoder with `encode(list_of_texts) -> array [n, dim]` works (`hf/sentence-encoder` by default, a
 recse encoder, your own). The cache keys each text by its BLAKE2b hash in a file per model, so re-indexing a
 character whose scenes did not change encodes nothing.
+
+Encoders read a bounded number of tokens (`max_length`, 128 for the default), and most scenes are longer: a scene is
+cut into overlapping windows of its encoder's tokens (`SceneWindows`), each window is embedded, and a scene scores
+as its best window (see `Character.index` and `SceneMemory`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +27,13 @@ from omnimm.deps import require
 from omnimm.errors import StoreError
 from omnimm.files import atomic_write_bytes
 
-DEFAULT_ENCODER: dict[str, Any] = {"name": "hf/sentence-encoder"}
+DEFAULT_ENCODER: dict[str, Any] = {"name": "hf/sentence-encoder", "max_length": 512}
+"""all-MiniLM-L6-v2 reading all its 512 positions: on the dev characters of `benchmarks/bench_haruhi.py windows` this
+retrieves scenes better than its usual 128 tokens (see the docs' "Retrieval quality")."""
 
 
 def encoder_config(config: ComponentConfig | dict[str, Any] | None) -> ComponentConfig:
-    """Validate an encoder config (default: the offline all-MiniLM-L6-v2)."""
+    """Validate an encoder config (default: the offline all-MiniLM-L6-v2, `max_length` 512)."""
     from omnimm.registry import encoders
 
     if isinstance(config, ComponentConfig):
@@ -47,6 +55,67 @@ def build_encoder(config: ComponentConfig) -> Any:
     if not callable(getattr(encoder, "encode", None)):
         raise TypeError(f"encoder '{encoders.name_of(config)}' has no encode(texts) method; it cannot embed text")
     return encoder
+
+
+@dataclass(frozen=True)
+class SceneWindows:
+    """How a scene is cut for embedding: windows of `window` tokens, a new one every `stride` tokens.
+
+    `window` unset: as many tokens as the encoder reads (its `max_length` less its special tokens). Chosen on the dev
+    characters of `benchmarks/bench_haruhi.py` (see the docs' "Retrieval quality")."""
+
+    window: int | None = None
+    stride: int | None = None
+    """Unset: half the window."""
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1 token, got {self.window}")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1 token, got {self.stride}")
+
+    def resolve(self, encoder: Any) -> tuple[int, int, str]:
+        """(window, stride, unit) for `encoder`: its tokenizer's tokens when it has one, else whitespace words."""
+        limit = encoder_token_limit(encoder)
+        unit = "tokens" if _tokenizer(encoder) is not None else "words"
+        window = self.window or limit or 128
+        if limit is not None and window > limit:
+            raise ValueError(f"window {window} is longer than the {limit} tokens the encoder reads")
+        stride = self.stride or max(1, window // 2)
+        if stride > window:
+            raise ValueError(f"stride {stride} is longer than the window ({window}): text would be skipped")
+        return window, stride, unit
+
+
+def _tokenizer(encoder: Any) -> Any:
+    tokenizer = getattr(encoder, "tokenizer", None)
+    return tokenizer if getattr(tokenizer, "is_fast", False) else None  # offsets need a fast tokenizer
+
+
+def encoder_token_limit(encoder: Any) -> int | None:
+    """Tokens of text an encoder reads per input (its `max_length` less special tokens), when it says."""
+    tokenizer = _tokenizer(encoder)
+    max_length = getattr(getattr(encoder, "config", None), "max_length", None)
+    if tokenizer is None or not isinstance(max_length, int):
+        return None
+    return max(1, max_length - tokenizer.num_special_tokens_to_add())
+
+
+def window_spans(text: str, encoder: Any, window: int, stride: int) -> list[tuple[int, int]]:
+    """Character spans of overlapping windows of `window` tokens (every `stride`); the last one ends the text."""
+    tokenizer = _tokenizer(encoder)
+    if tokenizer is not None:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
+    else:
+        offsets = [m.span() for m in re.finditer(r"\S+", text)]
+    if len(offsets) <= window:
+        return [(0, len(text))]
+    starts = list(range(0, len(offsets) - window + 1, stride))
+    if starts[-1] + window < len(offsets):
+        starts.append(len(offsets) - window)
+    return [(offsets[i][0], offsets[i + window - 1][1]) for i in starts]
 
 
 def content_key(text: str) -> bytes:

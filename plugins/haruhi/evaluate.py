@@ -4,7 +4,9 @@ For a character in a script, each of its lines (of `min_words`+ words) is held o
 from its scene, which keeps the neighbouring turns, and used as the query. A ranker scores well when that scene comes
 back in its top k. Every other scene stays complete (leave-one-out), so all rankers see the same corpus per query.
 Rankers: dense retrieval (exact inner product of unit vectors, as the `flat` index computes it) with any encoder,
-BM25 (`bm25s`), and random order.
+on each scene's first `max_length` tokens or on overlapping windows of the whole scene (a scene scores as its best
+window, as `SceneMemory` ranks them), BM25 (`bm25s`), and random order. `recall_interval` gives percentile
+bootstrap intervals over the held-out lines.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from omnimm.deps import require
+from omnimm_plugins.haruhi.embeddings import SceneWindows, window_spans
 from omnimm_plugins.haruhi.scripts import Turn, character_scenes, read_turns
 
 Ranker = Callable[["HeldOutTask"], list[list[int]]]
@@ -83,8 +86,13 @@ def recall_at_k(rankings: Sequence[Sequence[int]], targets: Sequence[int], ks: S
     return {f"recall@{k}": float(np.mean([t in r[:k] for r, t in zip(rankings, targets, strict=True)])) for k in ks}
 
 
-def dense_ranker(encoder: Any, *, depth: int = 10) -> Ranker:
-    """Rank scenes by cosine similarity of `encoder` embeddings (each text embedded once)."""
+def dense_ranker(encoder: Any, *, depth: int = 10, windows: SceneWindows | None = None) -> Ranker:
+    """Rank scenes by cosine similarity of `encoder` embeddings (each text embedded once).
+
+    `windows` unset: one embedding per scene (the encoder keeps its first `max_length` tokens). Set: every window of
+    every scene is embedded and a scene scores as its best window."""
+    if windows is not None:
+        return _windowed_ranker(encoder, windows, depth)
 
     def rank(task: HeldOutTask) -> list[list[int]]:
         scenes = _unit(encoder.encode(task.scenes))
@@ -98,6 +106,46 @@ def dense_ranker(encoder: Any, *, depth: int = 10) -> Ranker:
         return rankings
 
     return rank
+
+
+def _windowed_ranker(encoder: Any, windows: SceneWindows, depth: int) -> Ranker:
+    def rank(task: HeldOutTask) -> list[list[int]]:
+        window, stride, _ = windows.resolve(encoder)
+        texts = [*task.scenes, *task.reduced]
+        pieces = [[text[a:b] for a, b in window_spans(text, encoder, window, stride)] for text in texts]
+        unique = sorted({piece for group in pieces for piece in group})
+        vectors = _unit(encoder.encode(unique))
+        row = {piece: i for i, piece in enumerate(unique)}
+        groups = [vectors[[row[p] for p in group]] for group in pieces]
+        scene_matrix = np.concatenate(groups[: len(task.scenes)])
+        starts = np.cumsum([0] + [len(g) for g in groups[: len(task.scenes) - 1]])
+        queries = _unit(encoder.encode(task.queries))
+        rankings = []
+        for i, query in enumerate(queries):
+            scores = np.maximum.reduceat(scene_matrix @ query, starts)
+            scores[task.targets[i]] = (groups[len(task.scenes) + i] @ query).max()
+            rankings.append(np.argsort(-scores, kind="stable")[:depth].tolist())
+        return rankings
+
+    return rank
+
+
+def hits_at_k(rankings: Sequence[Sequence[int]], targets: Sequence[int], k: int) -> np.ndarray:
+    """Per query, 1.0 when its target is among the first k of its ranking."""
+    return np.asarray([t in r[:k] for r, t in zip(rankings, targets, strict=True)], dtype=np.float64)
+
+
+def recall_interval(
+    hits: np.ndarray, *, samples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of per-query `hits` (or of paired differences) and its percentile bootstrap interval over queries."""
+    values = np.asarray(hits, dtype=np.float64)
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(values), (samples, len(values)))
+    means = values[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def bm25_ranker(*, depth: int = 10, stopwords: str = "en") -> Ranker:

@@ -26,3 +26,8 @@ def omnimm_cli(app: Any) -> None:
 
     app.add_typer(haruhi_app, name="haruhi")
     demo_app.command("haruhi")(demo_haruhi)
+
+
+@hookimpl
+def omnimm_serve_modes(modes: dict[str, Any]) -> None:
+    modes["character"] = "omnimm_plugins.haruhi.serve:character_backend"

@@ -10,11 +10,17 @@ Rules (tokens counted with the LLM backend's own tokenizer):
   exchange does not fit, no history is sent (ChatHaruhi sends the whole history in that case).
 - **Order**: one system message (system prompt, then the scene block), the kept exchanges oldest first, the query.
   Scenes sit inside the system message so that chat templates requiring user/assistant alternation accept it.
+- **Language**: the template (scene heading, query format) is the character's language unless the config sets one:
+  zh writes a turn as ChatHaruhi does, `阿虚:「text」`, en as `JULIET: text`; a narrator (`旁白`, `narrator`,
+  `scene`) speaks without brackets.
+- **Replies** (`clean_reply`): a model continuing the dialogue writes the next speakers' lines too; the reply is cut
+  at the first line another speaker opens, and the character's own `NAME:` prefix (and zh `「」`) is taken off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from omnimm.llm.chat import Message
@@ -67,8 +73,16 @@ class ComposedPrompt:
         return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.messages)
 
 
+NARRATORS = frozenset({"旁白", "narrator", "scene"})
+"""Roles that narrate rather than speak (casefolded): their turns are written `role:text`, without brackets."""
+
+
 def format_query(text: str, role: str, template: LanguageTemplate) -> str:
-    return template.query_format.format(role=role, text=text) if role else text
+    if not role:
+        return text
+    if role.casefold() in NARRATORS:
+        return f"{role}:{text}"
+    return template.query_format.format(role=role, text=text)
 
 
 def compose(
@@ -79,10 +93,14 @@ def compose(
     *,
     count_tokens: Callable[[str], int],
     config: PromptConfig | None = None,
+    language: str | None = None,
 ) -> ComposedPrompt:
-    """Compose the messages for one turn. `scenes` are in retrieval rank order; `query` is already formatted."""
+    """Compose the messages for one turn. `scenes` are in retrieval rank order; `query` is already formatted.
+
+    `language` (the character's, as a session resolves it) overrides `config.language`.
+    """
     config = config or PromptConfig()
-    template = TEMPLATES[config.language]
+    template = TEMPLATES[language or config.language]
     heading = config.story_heading if config.story_heading is not None else template.story_heading
 
     story, packed, skipped, story_tokens = pack_scenes(
@@ -146,3 +164,73 @@ def _exchange_tokens(exchange: Exchange, count_tokens: Callable[[str], int]) -> 
 def estimate_tokens(text: str) -> int:
     """Rough count when no tokenizer is at hand: one token per 4 characters."""
     return (len(text) + 3) // 4
+
+
+# -- replies --------------------------------------------------------------------------------------------------------
+
+_SPEAKER_PREFIX = re.compile(r"^\s*([^:：「」\n]{1,40}?)\s*[:：]\s*(.*)$")
+"""`NAME: rest` / `NAME：rest` at the start of a line (ASCII or full-width colon); the name has no brackets."""
+_SCRIPT_NAME = re.compile(r"[A-Z][A-Z' .-]*")
+"""A play script's speaker line (`JULIET:` alone on its line, tinyshakespeare's form)."""
+_WRAPPERS = (("「", "」"), ("“", "”"), ('"', '"'))
+
+
+def known_speakers(texts: Iterable[str]) -> set[str]:
+    """Names that open a dialogue line in `texts` (scenes): `NAME:` alone on a line, or `NAME:「...`."""
+    names: set[str] = set()
+    for text in texts:
+        for line in text.splitlines():
+            match = _SPEAKER_PREFIX.match(line)
+            if match and (not match.group(2) or match.group(2).startswith("「")):
+                names.add(match.group(1).strip())
+    return names
+
+
+def clean_reply(text: str, own: str, speakers: Collection[str] = ()) -> str:
+    """The character's own words in a raw model reply.
+
+    - a line opened by another speaker ends the reply: one of `speakers` (the user's role, the scenes' speakers),
+      any `NAME:「` line (ChatHaruhi's dialogue form), or a script speaker line in capitals (`JULIET:`);
+    - the character's own prefix is taken off wherever it opens a line (`ROMEO:`, `春日：「...」` -> `...`).
+
+    When the very first line is another speaker's, nothing of the character's is left: the reply is kept as it came
+    (stripped), so an answer is never emptied.
+    """
+    own_name = own.strip().casefold()
+    others = {name.strip().casefold() for name in speakers} - {own_name}
+    kept: list[str] = []
+    for line in text.strip().splitlines():
+        speaker = _line_speaker(line, own_name, others)
+        if speaker is None:
+            kept.append(line)
+        elif speaker == own_name:
+            rest = _unwrap(_SPEAKER_PREFIX.match(line).group(2).strip())  # type: ignore[union-attr]
+            if rest:
+                kept.append(rest)
+        else:
+            break
+    cleaned = "\n".join(kept).strip()
+    return cleaned or text.strip()
+
+
+def _line_speaker(line: str, own: str, others: set[str]) -> str | None:
+    """The (casefolded) name opening `line` when it is a dialogue line, else None."""
+    match = _SPEAKER_PREFIX.match(line)
+    if match is None:
+        return None
+    name, rest = match.group(1).strip(), match.group(2)
+    folded = name.casefold()
+    if folded == own or folded in others or rest.startswith("「"):
+        return folded
+    if not rest.strip() and _SCRIPT_NAME.fullmatch(name):
+        return folded
+    return None
+
+
+def _unwrap(text: str) -> str:
+    """`「words」` -> `words` (also curly and straight double quotes) when the brackets hold the whole text."""
+    for opening, closing in _WRAPPERS:
+        inner = text[len(opening) : -len(closing)]
+        if len(text) >= 2 and text.startswith(opening) and text.endswith(closing) and closing not in inner:
+            return inner.strip()
+    return text

@@ -1,12 +1,15 @@
 """Play scripts made of `SPEAKER:` turns (tinyshakespeare's format) -> turns -> a character's scenes.
 
-A turn is a speaker line ending in `:` followed by the speech, turns separated by blank lines:
+A turn is a speaker line ending in `:` (or `：`) followed by the speech, turns separated by blank lines:
 
     ROMEO:
     Is the day so young?
 
     BENVOLIO:
     But new struck nine.
+
+A speaker line followed by a blank line (a speaker whose words were a stage direction, as tinyshakespeare has)
+is a turn without words: it is skipped, so the next speaker line opens its own turn instead of becoming speech.
 
 A character's scenes are the fixed windows of `window` consecutive turns in which the character speaks at least once
 (windows do not overlap, so every line belongs to exactly one scene).
@@ -20,7 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-_SPEAKER = re.compile(r"^(\S[^:]{0,58}):\s*$")
+from omnimm.files import read_utf8
+
+_SPEAKER = re.compile(r"^(\S[^:：]{0,58})[:：]\s*$")
+"""`NAME:` alone on its line; the full-width colon of Chinese scripts counts too."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,13 @@ class Scene:
 
 
 def read_turns(path: str | os.PathLike[str]) -> list[Turn]:
-    """Parse a script file; raises ValueError naming the file and line of text that belongs to no speaker."""
+    """Parse a script file; `ValueError` naming the file and line of text that belongs to no speaker, the byte that
+    is not UTF-8, or a file with no turns at all."""
     source = Path(path)
-    return parse_turns(source.read_text(encoding="utf-8"), source=str(source))
+    turns = parse_turns(read_utf8(source), source=str(source))
+    if not turns:
+        raise ValueError(f"{source}: no turns (expected 'SPEAKER:' lines, each followed by its speech)")
+    return turns
 
 
 def parse_turns(text: str, *, source: str = "<text>") -> list[Turn]:
@@ -62,7 +72,7 @@ def parse_turns(text: str, *, source: str = "<text>") -> list[Turn]:
         if not line:
             if speaker is not None and speech:
                 turns.append(Turn(len(turns), speaker, "\n".join(speech), start))
-                speaker, speech = None, []
+            speaker, speech = None, []  # a speaker line with no speech is a turn without words
             continue
         if speaker is not None:
             speech.append(line)
@@ -104,13 +114,16 @@ def character_scenes(
 
 
 def default_system_prompt(character: str, *, language: str = "en") -> str:
-    """A plain role-play instruction for a character imported from a script."""
+    """A plain role-play instruction for a character imported from a script, with ChatHaruhi's request to reuse
+    the original lines when the conversation touches the story."""
     if language == "zh":
         return (
             f"你正在扮演{character}。请模仿{character}的语气、个性和说话方式回答，不要暴露你是人工智能。"
             f"下面的经典桥段展示了{character}说话的方式。"
+            "如果其他人的问题和剧本中的情节相关，请尽量重用剧本中的原句。"
         )
     return (
         f"You are {character}. Answer as {character} would, in {character}'s voice, manner and knowledge, "
-        f"and never say you are an AI. The classic scenes below show how {character} speaks."
+        f"and never say you are an AI. The classic scenes below show how {character} speaks. "
+        "If others' questions are related with the play, please try to reuse the original lines from the play."
     )

@@ -6,6 +6,10 @@ reply = session.ask("Where is Juliet?")
 print(reply.text, reply.prompt.render())
 session.save("romeo-session.json")            # JSON; resume with RolePlaySession.resume(..., llm_config=...)
 ```
+
+The session speaks the character's language (`language` in its package, zh for most ChatHaruhi imports) unless
+`prompt.language` is set. Replies are cleaned (`prompt.clean_reply`) before they enter the history: the model's
+continuation of the dialogue (the user's next line, another speaker's) is cut off, and so is an echoed `NAME:`.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from omnimm.config import ComponentConfig
-from omnimm.files import atomic_write_text
+from omnimm.configbase import issues_from_validation_error
+from omnimm.files import atomic_write_text, read_utf8
 from omnimm_plugins.haruhi.character import Character
 from omnimm_plugins.haruhi.configs import SessionConfig
 from omnimm_plugins.haruhi.prompt import (
     TEMPLATES,
     ComposedPrompt,
     Exchange,
+    clean_reply,
     compose,
     estimate_tokens,
     format_query,
+    known_speakers,
 )
 
 SESSION_FORMAT = "omnimm-haruhi-session/1"
@@ -40,9 +47,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class Reply:
     text: str
+    """The character's words, as they enter the history (see `prompt.clean_reply`)."""
     prompt: ComposedPrompt
     hits: list[Any]
     """The retrieved memories (rank order), packed or not."""
+    raw: str = ""
+    """What the backend answered, before cleaning."""
 
 
 class RolePlaySession:
@@ -78,11 +88,17 @@ class RolePlaySession:
             self.count_tokens = self.llm.count_tokens
         else:
             self.count_tokens = estimate_tokens
+        self.language = session_language(config, self.character)
+        self.speakers = known_speakers(c.text for c in self.character.chunks)
+        """Names that open dialogue lines in the character's scenes: a reply is cut where one of them speaks."""
         self.history: list[Exchange] = []
 
     @classmethod
     def from_config(cls, config: SessionConfig | Mapping[str, Any], **parts: Any) -> RolePlaySession:
-        return cls(config if isinstance(config, SessionConfig) else SessionConfig.model_validate(config), **parts)
+        """Validate `config` (`ConfigError` naming each field at fault) and build the session."""
+        from omnimm.configbase import validate_as
+
+        return cls(config if isinstance(config, SessionConfig) else validate_as(SessionConfig, config), **parts)
 
     def _indexed_encoder(self) -> ComponentConfig:
         from omnimm.registry import encoders
@@ -95,7 +111,7 @@ class RolePlaySession:
     # -- one turn -------------------------------------------------------------------------------------------------
 
     def format_query(self, text: str, role: str | None = None) -> str:
-        template = TEMPLATES[self.config.prompt.language]
+        template = TEMPLATES[self.language]
         return format_query(text, self.config.user_role if role is None else role, template)
 
     def retrieve(self, query: str, k: int | None = None) -> list[Any]:
@@ -113,6 +129,7 @@ class RolePlaySession:
             query,
             count_tokens=self.count_tokens,
             config=self.config.prompt,
+            language=self.language,
         )
         return prompt, hits
 
@@ -129,8 +146,14 @@ class RolePlaySession:
             top_p=generation.top_p,
             seed=generation.seed,
         )
-        self.history.append(Exchange(prompt.messages[-1]["content"], answer))
-        return Reply(answer, prompt, hits)
+        text = self.clean(answer, role)
+        self.history.append(Exchange(prompt.messages[-1]["content"], text))
+        return Reply(text, prompt, hits, raw=answer)
+
+    def clean(self, answer: str, role: str | None = None) -> str:
+        """The character's words in a raw answer: cut where the user (or anyone in the scenes) speaks next."""
+        user = self.config.user_role if role is None else role
+        return clean_reply(answer, self.character.name, {*self.speakers, *([user] if user else [])})
 
     def reset(self) -> None:
         self.history.clear()
@@ -139,10 +162,13 @@ class RolePlaySession:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the config and history as JSON (atomically: an interrupted save keeps the previous file)."""
+        config = self.config.model_dump(mode="json")
+        if "language" not in self.config.prompt.model_fields_set:
+            del config["prompt"]["language"]  # unset: a resumed session keeps following the character
         data = {
             "format": SESSION_FORMAT,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": self.config.model_dump(mode="json"),
+            "config": config,
             "history": [{"user": e.user, "reply": e.reply} for e in self.history],
         }
         return atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
@@ -171,20 +197,58 @@ class RolePlaySession:
         return session
 
 
+def session_language(config: SessionConfig, character: Character) -> str:
+    """`prompt.language` when the config sets it, else the character's (en when it has no template)."""
+    if "language" in config.prompt.model_fields_set:
+        return config.prompt.language
+    if character.language in TEMPLATES:
+        return character.language
+    log.warning("%s: no prompt template for language %r; using en", character.folder, character.language)
+    return "en"
+
+
 def read_session(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a session file; `ValueError` in one line naming the file and what is wrong (the byte, the
+    JSON position, the field), so a damaged or hand-edited file never surfaces as a crash later."""
     source = Path(path)
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise ValueError(f"{source}: not valid JSON ({error})") from None
+    data = _session_json(source)
     if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
         raise ValueError(f"{source}: not a haruhi session file (expected format {SESSION_FORMAT!r})")
+    config = data.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: config: expected a mapping of session options, got {type(config).__name__}")
+    _check_saved_config(source, config)
     history = data.get("history")
-    if not isinstance(history, list) or not all(
-        isinstance(h, dict) and isinstance(h.get("user"), str) and isinstance(h.get("reply"), str) for h in history
-    ):
+    if not isinstance(history, list):
         raise ValueError(f"{source}: history: expected a list of {{user, reply}} strings")
+    for index, item in enumerate(history):
+        if not (isinstance(item, dict) and isinstance(item.get("user"), str) and isinstance(item.get("reply"), str)):
+            raise ValueError(f"{source}: history[{index}]: expected {{user, reply}} strings")
     return data
+
+
+def _session_json(source: Path) -> Any:
+    text = read_utf8(source)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        cut = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated")
+        hint = " (the file ends early: truncated?)" if cut else ""
+        raise ValueError(f"{source}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno}){hint}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: not valid JSON: nested too deeply") from None
+
+
+def _check_saved_config(source: Path, config: dict[str, Any]) -> None:
+    """Field types of the saved options (its `llm` is never used, so not checked)."""
+    from pydantic import ValidationError
+
+    try:
+        SessionConfig.model_validate(without_backend(config))
+    except ValidationError as error:
+        issues = issues_from_validation_error(error)
+        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+        raise ValueError(f"{source}: config.{issues[0].path}: {issues[0].message}{more}") from None
 
 
 def without_backend(config: Mapping[str, Any]) -> dict[str, Any]:

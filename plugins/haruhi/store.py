@@ -1,9 +1,10 @@
 """`haruhi/memory`: memories (texts with ids) in a faiss index, saved so that a crash never loses the previous save.
 
 ```python
-store = FaissMemory(MemoryStoreConfig(index="flat"), model={"name": "hf/sentence-encoder"})
+store = FaissMemory(MemoryStoreConfig(), model={"name": "hf/sentence-encoder"})  # index kind chosen by size
 ids = store.add(vectors, texts)            # ids default to a hash of the text: re-adding a text is a no-op
 hits = store.search(query_vectors, k=5)    # one list of Hit(id, score, text, meta, rank) per query
+hits = store.search_batch(many_queries)    # the same, every core (search() picks by batch size too)
 store.delete(ids[:2])
 store.save("romeo/index")                  # new files first, then one atomic manifest rename
 store = FaissMemory.load("romeo/index", expect_dim=384, expect_model={"name": "hf/sentence-encoder"})
@@ -14,10 +15,23 @@ On disk, a store folder holds `manifest.json` and the files of one generation (`
 a rename; only after that are older generations removed. Killed at any point, the folder still loads: the old
 manifest names the old, untouched files. The manifest records sizes and SHA-256 checksums, so a damaged file is
 reported by name instead of handed to faiss.
+
+Approximate indexes (`ivf`, `hnsw`) are tuned on their own vectors: unless `nprobe` / `ef_search` are set, an add
+holds back a seeded sample of its vectors (up to 500) together with their near-copies (similarity >=
+`tuning_similarity`; a quarter of the add at most), inserts the rest, searches the sample with exact search and with
+a ladder of settings, keeps the cheapest whose recall@10 reaches `target_recall`, then inserts what it held back. A
+sample vector next to its own near-copy would be found far more easily than a query, a new text, is. The result is
+recorded in the manifest, so a loaded store does not tune again until it has grown or shrunk by a fifth (at the next
+add of at least 200 memories: fewer cannot spare 50 to hold back).
+
+Threads: faiss' OpenMP threads are set to 1 for fewer than 20 queries at once (a single query cannot use more, and
+idle spinning threads slow it several-fold) and to every core for batches and builds; the caller's setting is put
+back afterwards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,8 +40,9 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +62,24 @@ _COMPACT_AT = 0.25  # HNSW: rebuild once a quarter of the graph is tombstones
 # faiss' flat search parallelises over queries and skips BLAS below 20 of them, so one query runs on one core;
 # a BLAS matrix-vector product over faiss' own vector storage (no copy) is 2-3x faster for those.
 _FEW_QUERIES = 20
+KINDS = ("flat", "ivf", "hnsw")
+_CALIBRATION_K = 10  # PromptConfig.top_k's default
+_CALIBRATION_QUERIES = 500
+_MIN_TUNING_QUERIES = 50  # fewer held-out queries measure recall too coarsely to tune on
+_NEAR_COPY_SCAN = 256  # neighbours of a tuning vector checked for near-copies to hold out with it
+_RECALIBRATE_AT = 0.2  # tune again once the store has grown or shrunk by a fifth
+_EF_LADDER = (16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048)
+_NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+_FAISS: Any = None
 
 
 def _faiss() -> Any:
-    return require("faiss", extra="haruhi", purpose="the memory store 'haruhi/memory'")
+    global _FAISS  # looked up on every search: import once
+    if _FAISS is None:
+        _FAISS = require("faiss", extra="haruhi", purpose="the memory store 'haruhi/memory'")
+    return _FAISS
 
 
 def text_id(text: str) -> int:
@@ -74,6 +103,49 @@ class Hit:
     rank: int
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """The search setting an approximate index was tuned to, and what it measured."""
+
+    kind: str
+    """`hnsw` (the setting is `ef_search`) or `ivf` (`nprobe`)."""
+    value: int
+    recall: float
+    """Recall@`k` of `value` on the held-out sample, against exact search."""
+    target_recall: float
+    k: int
+    queries: int
+    count: int
+    """Memories in the store when it was tuned."""
+    seconds: float
+
+    @property
+    def parameter(self) -> str:
+        return "ef_search" if self.kind == "hnsw" else "nprobe"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (`OMP_NUM_THREADS` when set): what batches and builds use."""
+    setting = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if setting.isdigit() and int(setting) > 0:
+        return int(setting)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def faiss_threads(count: int) -> Iterator[None]:
+    """Run faiss with `count` OpenMP threads, then restore the caller's setting."""
+    faiss = _faiss()
+    before = faiss.omp_get_max_threads()
+    if count != before:
+        faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != before:
+            faiss.omp_set_num_threads(before)
+
+
 class FaissMemory:
     """A vector memory: `add`, `delete`, `search`, `save`, `load`. Vectors are L2-normalised (cosine similarity)."""
 
@@ -87,7 +159,16 @@ class FaissMemory:
         self._tombstones: set[int] = set()
         self._search_index: Any = None  # a GPU copy for search, rebuilt after changes
         self._flat_view: tuple[np.ndarray, np.ndarray] | None = None  # (vectors, ids) of a flat index, no copy
+        self._params: tuple[tuple[str | None, int], Any] | None = None  # the last faiss search parameters
         self._generation = 0
+        self._kind: str | None = self.config.index  # chosen on the first add when the config leaves it unset
+        self.calibration: Calibration | None = None
+        """How the approximate index was tuned (None: exact, not yet tuned, or `nprobe` / `ef_search` set)."""
+
+    @property
+    def kind(self) -> str | None:
+        """The index kind in use: the config's, or the one chosen by size (None before the first add)."""
+        return self._kind
 
     # -- contents -------------------------------------------------------------------------------------------------
 
@@ -143,8 +224,8 @@ class FaissMemory:
         if self._tombstones.intersection(new_ids.tolist()):  # a deleted text comes back: drop its old node first
             self.compact()
         new_vectors = np.ascontiguousarray(matrix[keep])
-        index = self._ensure_index(new_vectors)
-        index.add_with_ids(new_vectors, new_ids)
+        self._choose_kind(len(self._memories) + len(keep))
+        self._insert(new_vectors, new_ids)
         for i in keep:
             self._memories[all_ids[i]] = Memory(all_ids[i], texts[i], dict(meta[i]) if meta is not None else {})
         self._search_index = self._flat_view = None
@@ -157,7 +238,7 @@ class FaissMemory:
             return 0
         for i in present:
             del self._memories[i]
-        if self.config.index == "hnsw":  # the graph cannot drop nodes: hide them until the next compaction
+        if self._kind == "hnsw":  # the graph cannot drop nodes: hide them until the next compaction
             self._tombstones.update(present)
             if len(self._tombstones) > _COMPACT_AT * self._index.ntotal:
                 self.compact()
@@ -170,39 +251,165 @@ class FaissMemory:
         """Rebuild the index from the live memories (drops HNSW tombstones)."""
         if self._index is None or not self._tombstones:
             return
-        live = np.asarray(list(self._memories), dtype=np.int64)
-        vectors = np.vstack([self._index.reconstruct(int(i)) for i in live]) if len(live) else None
+        self._rebuild(self._kind)
+
+    def _rebuild(self, kind: str | None, *, tune: bool = True) -> None:
+        """A new index of `kind` holding the live memories' vectors (drops tombstones), tuned on a held-out part."""
+        old = self._index  # `vectors` may be a view of its storage: keep it alive until the copy is made
+        vectors, live = self._live_vectors()
         self._index, self._tombstones, self._search_index, self._flat_view = None, set(), None, None
-        if vectors is not None:
-            self._ensure_index(vectors).add_with_ids(vectors, live)
+        self._kind, self.calibration = kind, None
+        if len(live):
+            self._insert(np.ascontiguousarray(vectors), live, tune=tune)
+        del old
+
+    def _choose_kind(self, count: int) -> None:
+        """Unset `index`: flat while the store is at most `exact_up_to`, then HNSW (the flat index is rebuilt)."""
+        if self.config.index is not None:
+            self._kind = self.config.index
+            return
+        wanted = "flat" if count <= self.config.exact_up_to else "hnsw"
+        if self._kind is None or self._index is None:
+            self._kind = wanted
+        elif self._kind == "flat" and wanted == "hnsw":
+            log.info(
+                "memory store: %d memories, more than exact_up_to=%d: switching to HNSW", count, self.config.exact_up_to
+            )
+            self._rebuild("hnsw")
 
     # -- search ---------------------------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """The `k` most similar memories for each query vector (a `[dim]` vector counts as one query)."""
+    def search(self, queries: np.ndarray, k: int = 10, *, threads: int | None = None) -> list[list[Hit]]:
+        """The `k` most similar memories for each query vector (a `[dim]` vector counts as one query).
+
+        `threads` (faiss' OpenMP threads for this call; unset: 1 below 20 queries, every core from 20 on) is put
+        back to the caller's setting afterwards."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         matrix = self._check_vectors(queries, "queries")
         if not self._memories:
             return [[] for _ in range(len(matrix))]
-        fetch = min(k + len(self._tombstones), self._index.ntotal)
-        searcher = self._searcher()
-        if self.config.index == "flat" and searcher is self._index and len(matrix) < _FEW_QUERIES:
-            scores, found = self._exact_search(matrix, fetch)
-        else:
-            scores, found = searcher.search(matrix, fetch)
+        count = threads or (1 if len(matrix) < _FEW_QUERIES else available_cores())
+        scores, found = self._raw_search(matrix, min(k + len(self._tombstones), self._index.ntotal), count, k=k)
         results = []
-        for row_scores, row_ids in zip(scores, found, strict=True):
+        for row_scores, row_ids in zip(scores.tolist(), found.tolist(), strict=True):
             hits: list[Hit] = []
             for score, memory_id in zip(row_scores, row_ids, strict=True):
-                memory = self._memories.get(int(memory_id))
+                memory = self._memories.get(memory_id)
                 if memory is None:  # -1 (fewer results than k) or a tombstone
                     continue
-                hits.append(Hit(memory.id, float(score), memory.text, memory.meta, len(hits)))
+                hits.append(Hit(memory.id, score, memory.text, memory.meta, len(hits)))
                 if len(hits) == k:
                     break
             results.append(hits)
         return results
+
+    def search_batch(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """`search` on every core, whatever the number of queries (results are the same as one by one)."""
+        return self.search(queries, k, threads=available_cores())
+
+    def calibrate(self, queries: np.ndarray | None = None) -> Calibration | None:
+        """Tune `ef_search` (HNSW) or `nprobe` (IVF) for `target_recall` now, unless the config sets it.
+
+        With `queries` (vectors that are not in the store, e.g. logged user queries): on those, against exact search.
+        Without: on a held-out sample of the store's own vectors, which means rebuilding the index with the sample
+        inserted after the tuning (an HNSW graph cannot take nodes out). The store does this by itself when it is
+        built, on a held-out part of each add that leaves the last tuning a fifth off the store's size."""
+        if self._index is None or self._kind == "flat" or getattr(self.config, self._parameter()) is not None:
+            return None
+        if queries is None:
+            self._rebuild(self._kind, tune=True)
+        else:
+            self._tune(self._check_vectors(queries, "queries"))
+        return self.calibration
+
+    def _tune(self, queries: np.ndarray, *, new_texts_only: bool = False) -> None:
+        """Pick the smallest rung of the ladder whose recall@10 on `queries` (not in the index) reaches the target.
+
+        `new_texts_only`: leave out the queries that have a near-copy in the index (similarity >= `tuning_similarity`),
+        unless fewer than the minimum would remain."""
+        started = time.perf_counter()
+        vectors, ids = self._live_vectors()
+        k = min(_CALIBRATION_K, len(ids))
+        if not len(queries) or not k:
+            return
+        with faiss_threads(available_cores()):
+            similar, truth = _exact_neighbours(queries, vectors, ids, k)
+            if new_texts_only:
+                new = similar[:, 0] < self.config.tuning_similarity
+                if np.count_nonzero(new) >= _MIN_TUNING_QUERIES:
+                    queries, truth = queries[new], [row for row, keep in zip(truth, new, strict=True) if keep]
+            ladder, measured = self._ladder(), {}
+            low, high = 0, len(ladder) - 1
+            fetch = min(k + len(self._tombstones), self._index.ntotal)
+            while low <= high:  # recall grows with the setting: binary search for the smallest that reaches it
+                middle = (low + high) // 2
+                _, found = self._raw_search(queries, fetch, available_cores(), setting=ladder[middle])
+                found_live = [[int(i) for i in row if i >= 0 and int(i) not in self._tombstones][:k] for row in found]
+                measured[middle] = _recall(found_live, truth)
+                if measured[middle] >= self.config.target_recall:
+                    high = middle - 1
+                else:
+                    low = middle + 1
+        chosen = low if low in measured else max(measured)
+        if measured[chosen] < self.config.target_recall:
+            log.warning(
+                "memory store: %s=%d reaches recall@%d %.3f, below target_recall %.3f",
+                self._parameter(), ladder[chosen], k, measured[chosen], self.config.target_recall,
+            )  # fmt: skip
+        self.calibration = Calibration(
+            kind=self._kind,
+            value=ladder[chosen],
+            recall=round(measured[chosen], 4),
+            target_recall=self.config.target_recall,
+            k=k,
+            queries=len(queries),
+            count=len(ids),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _insert(self, vectors: np.ndarray, ids: np.ndarray, *, tune: bool = False) -> None:
+        """Add to the index on every core; tune on a held-out part of the vectors (inserted after) when due."""
+        index = self._ensure_index(vectors)
+        fixed = self._kind == "flat" or getattr(self.config, self._parameter()) is not None
+        due = tune or self._calibration_stale(len(self._memories) + len(ids))
+        held = min(_CALIBRATION_QUERIES, len(ids) // 4) if due and not fixed else 0
+        with faiss_threads(available_cores()):
+            if held < _MIN_TUNING_QUERIES:
+                index.add_with_ids(vectors, ids)
+                return
+            probes, chosen = self._tuning_split(vectors, held)
+            index.add_with_ids(np.ascontiguousarray(vectors[~chosen]), ids[~chosen])
+            self._tune(np.ascontiguousarray(vectors[probes]), new_texts_only=True)
+            index.add_with_ids(np.ascontiguousarray(vectors[chosen]), ids[chosen])
+        if self.calibration is not None:
+            self.calibration = dataclasses.replace(self.calibration, count=index.ntotal - len(self._tombstones))
+
+    def _tuning_split(self, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """`count` seeded tuning vectors (positions) and the mask of what is held out of the index while tuning: each
+        tuning vector with its near-copies in `vectors` (similarity >= `tuning_similarity`), a quarter of the add at
+        most; a vector whose near-copies would not fit (a large cluster of duplicates) is not used for tuning."""
+        seeds = np.random.default_rng(0).choice(len(vectors), size=count, replace=False)
+        scan = min(_NEAR_COPY_SCAN, len(vectors))
+        similar, nearest = _faiss().knn(vectors[seeds], vectors, scan, metric=_faiss().METRIC_INNER_PRODUCT)
+        held = np.zeros(len(vectors), dtype=bool)
+        budget, probes = len(vectors) // 4, []
+        for seed, row_similar, row_nearest in zip(seeds, similar, nearest, strict=True):
+            close = row_nearest[(row_similar >= self.config.tuning_similarity) & (row_nearest >= 0)]
+            if len(close) == scan and scan < len(vectors):  # more near-copies than scanned: cannot hold them all
+                continue
+            added = np.count_nonzero(~held[close]) + (not held[seed])
+            if held.sum() + added > budget:
+                continue
+            held[close] = True
+            held[seed] = True
+            probes.append(seed)
+        if len(probes) < _MIN_TUNING_QUERIES:  # mostly duplicates: tune on the sample as it is
+            log.info("memory store: too few tuning vectors without near-copies; tuning on a plain sample")
+            held[:] = False
+            held[seeds] = True
+            return seeds, held
+        return np.asarray(probes, dtype=np.int64), held
 
     # -- persistence ----------------------------------------------------------------------------------------------
 
@@ -224,6 +431,8 @@ class FaissMemory:
             "dim": self.dim,
             "model": self.model,
             "count": len(self._memories),
+            "index_kind": self._kind if self._index is not None else None,
+            "calibration": asdict(self.calibration) if self.calibration is not None else None,
             "index_file": index_name if self._index is not None else None,
             "memories_file": memories_name,
             "files": {name: _file_record(target / name) for name in files},
@@ -247,17 +456,19 @@ class FaissMemory:
         """Load a saved store. Raises `StoreError` naming the file when something is missing, damaged, or was built
         with another dimension or model than expected. `verify=False` skips the checksums (faster for huge stores; sizes
         and file types are still checked);
-        `config` overrides search-time options (`nprobe`, `ef_search`, `device`) but not the index kind."""
+        `config` overrides search-time options (`nprobe`, `ef_search`, `target_recall`, `device`) but not the index
+        kind (a config that leaves `index` unset takes the saved kind)."""
         source = Path(folder)
         manifest = _read_manifest(source)
-        saved_config = manifest.config
-        if config is not None and config.index != saved_config.index:
+        if config is not None and config.index is not None and manifest.kind not in (None, config.index):
             raise StoreError(
-                f"{source}: the store holds a '{saved_config.index}' index but the config asks for "
+                f"{source}: the store holds a '{manifest.kind}' index but the config asks for "
                 f"'{config.index}'; rebuild the index to change its kind"
             )
-        store = cls(config or saved_config, dim=manifest.dim, model=manifest.model)
+        store = cls(config or manifest.config, dim=manifest.dim, model=manifest.model)
         store._generation = manifest.generation
+        store._kind = manifest.kind or store.config.index
+        store.calibration = manifest.calibration
         if expect_dim is not None and manifest.dim is not None and manifest.dim != expect_dim:
             raise StoreError(
                 f"{source}: the store holds {manifest.dim}-dimensional vectors (model {manifest.model!r}) but "
@@ -296,19 +507,23 @@ class FaissMemory:
             raise ValueError(f"{what}: expected shape [n, dim], got {list(np.shape(vectors))}")
         if self.dim is not None and matrix.shape[1] != self.dim:
             raise ValueError(f"{what}: expected dimension {self.dim} (the store's), got {matrix.shape[1]}")
-        if not np.isfinite(matrix).all():
-            raise ValueError(f"{what}: contains NaN or infinite values")
-        matrix = np.array(matrix, dtype=np.float32, order="C", copy=True)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        np.divide(matrix, norms, out=matrix, where=norms > 0)
-        return matrix
+        if len(matrix) == 1:  # one query: scalar arithmetic is several times cheaper than the array path below
+            norm = math.sqrt(float(np.dot(matrix[0], matrix[0])))
+            if math.isfinite(norm) and norm > 0:
+                return matrix / np.float32(norm)
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))[:, None]  # NaN or inf in a row shows in its norm
+        if not np.isfinite(norms).all():
+            if not np.isfinite(matrix).all():
+                raise ValueError(f"{what}: contains NaN or infinite values")
+            norms = np.linalg.norm(matrix.astype(np.float64), axis=1, keepdims=True)  # finite, but squares overflow
+        return np.divide(matrix, norms, out=np.zeros(matrix.shape, dtype=np.float32), where=norms > 0)
 
     def _ensure_index(self, vectors: np.ndarray) -> Any:
         if self._index is not None:
             return self._index
         faiss = _faiss()
         self.dim = self.dim or int(vectors.shape[1])
-        kind = self.config.index
+        kind = self._kind
         if kind == "flat":
             index = faiss.index_factory(self.dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         elif kind == "hnsw":
@@ -326,19 +541,92 @@ class FaissMemory:
         self._index = index
         return index
 
-    def _apply_search_options(self, index: Any) -> None:
+    def _parameter(self) -> str:
+        return "ef_search" if self._kind == "hnsw" else "nprobe"
+
+    def _ladder(self) -> list[int]:
+        if self._kind == "hnsw":
+            return list(_EF_LADDER)
+        nlist = _faiss().extract_index_ivf(self._index).nlist
+        return [n for n in _NPROBE_LADDER if n < nlist] + [nlist]  # nprobe = nlist is exact
+
+    def _calibration_stale(self, count: int) -> bool:
+        found = self.calibration
+        if found is None or found.kind != self._kind or found.target_recall != self.config.target_recall:
+            return True
+        return abs(count - found.count) > _RECALIBRATE_AT * max(found.count, 1)
+
+    def _setting(self, k: int) -> int:
+        """`ef_search` / `nprobe` for a search of `k`: the config's, else the calibrated one, else faiss-like
+        defaults (64 / 16) for a store too small to tune; HNSW's list grows with k past the tuned k."""
+        fixed = getattr(self.config, self._parameter())
+        value = fixed or (self.calibration.value if self.calibration else (64 if self._kind == "hnsw" else 16))
+        if self._kind == "hnsw" and fixed is None and k > _CALIBRATION_K:
+            value = math.ceil(value * k / _CALIBRATION_K)
+        return value
+
+    def _search_params(self, setting: int) -> Any:
+        # building faiss' parameter object costs about as much as a small search: keep the last one
+        cached = self._params
+        if cached is not None and cached[0] == (self._kind, setting):
+            return cached[1]
         faiss = _faiss()
-        if self.config.index == "ivf":
-            faiss.extract_index_ivf(index).nprobe = self.config.nprobe
-        elif self.config.index == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = self.config.ef_search
+        if self._kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=setting)
+        else:
+            params = faiss.SearchParametersIVF(nprobe=setting)
+        self._params = ((self._kind, setting), params)
+        return params
+
+    def _raw_search(
+        self, matrix: np.ndarray, fetch: int, threads: int, *, k: int | None = None, setting: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss' scores and ids (tombstones and -1 included) with `threads` OpenMP threads."""
+        if setting is None and self._kind != "flat":
+            setting = self._setting(k or fetch)
+        with faiss_threads(threads):
+            if self._kind == "flat":
+                searcher = self._searcher()
+                if searcher is self._index and len(matrix) < _FEW_QUERIES:
+                    return self._exact_search(matrix, fetch)
+                return searcher.search(matrix, fetch)
+            searcher = self._searcher() if setting is not None else self._index
+            if searcher is not self._index:  # the GPU copy takes the setting as an attribute
+                faiss = _faiss()
+                faiss.extract_index_ivf(searcher).nprobe = min(setting, 2048)
+                return searcher.search(matrix, fetch)
+            return self._index.search(matrix, fetch, params=self._search_params(setting))
+
+    def _live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live memories' vectors `[n, dim]` and ids `[n]` (a view of faiss' storage when nothing is hidden)."""
+        faiss = _faiss()
+        if self._index is None:
+            return np.zeros((0, self.dim or 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        if isinstance(self._index, faiss.IndexIDMap2):
+            inner = faiss.downcast_index(self._index.index)
+            storage = faiss.downcast_index(inner.storage) if self._kind == "hnsw" else inner
+            vectors = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(-1, storage.d)
+            ids = faiss.vector_to_array(self._index.id_map)
+        else:  # IVF: the raw float32 codes of each inverted list
+            lists, blocks, id_blocks = self._index.invlists, [], []
+            for number in range(self._index.nlist):
+                size = lists.list_size(number)
+                if size:
+                    codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
+                    blocks.append(codes.view(np.float32).reshape(size, -1))
+                    id_blocks.append(faiss.rev_swig_ptr(lists.get_ids(number), size).copy())
+            vectors = np.vstack(blocks) if blocks else np.zeros((0, self._index.d), dtype=np.float32)
+            ids = np.concatenate(id_blocks) if id_blocks else np.zeros(0, dtype=np.int64)
+        if self._tombstones:
+            live = ~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64))
+            vectors, ids = vectors[live], ids[live]
+        return vectors, ids
 
     def _searcher(self) -> Any:
         if self._search_index is not None:
             return self._search_index
-        self._apply_search_options(self._index)
         self._search_index = self._index
-        if self.config.device != "cpu" and self.config.index != "hnsw":
+        if self.config.device != "cpu" and self._kind != "hnsw":
             self._search_index = _to_gpu(self._index, required=self.config.device == "cuda") or self._index
         return self._search_index
 
@@ -364,9 +652,9 @@ class FaissMemory:
     def _check_loaded_index(self, path: Path) -> None:
         index = self._index
         kind = _index_kind(index)
-        if kind != self.config.index:
+        if kind != self._kind:
             found = type(index).__name__
-            raise StoreError(f"{path}: {found} is not a '{self.config.index}' index, as the manifest says")
+            raise StoreError(f"{path}: {found} is not a '{self._kind}' index, as the manifest says")
         if index.metric_type != _faiss().METRIC_INNER_PRODUCT:
             raise StoreError(f"{path}: the index does not use inner product; expected cosine (inner product) search")
         if index.d != self.dim:
@@ -389,6 +677,19 @@ def _first_new(ids: list[int], existing: dict[int, Memory]) -> list[int]:
             seen.add(memory_id)
             keep.append(position)
     return keep
+
+
+def _exact_neighbours(
+    queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Exact top-k similarities and ids by inner product (faiss' brute force on the arrays: no index, no copy)."""
+    similar, found = _faiss().knn(queries, vectors, min(k, len(vectors)), metric=_faiss().METRIC_INNER_PRODUCT)
+    return similar, [[int(ids[i]) for i in row if i >= 0] for row in found]
+
+
+def _recall(found: list[list[int]], truth: list[list[int]]) -> float:
+    shares = [len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True) if t]
+    return float(np.mean(shares)) if shares else 1.0
 
 
 def _auto_nlist(count: int) -> int:
@@ -479,6 +780,8 @@ class _Manifest:
     index_file: str | None
     memories_file: str
     files: dict[str, _FileRecord]
+    kind: str | None
+    calibration: Calibration | None
 
 
 def _is_int(value: Any) -> bool:
@@ -560,17 +863,57 @@ def _read_manifest(folder: Path) -> _Manifest:
     if index_file is not None and dim is None:
         raise StoreError(f"{path}: dim is null but the store has an index; expected the vectors' dimension")
     used = [memories_file] + ([index_file] if index_file else [])
+    config = _manifest_config(raw["config"], path)
+    kind = _manifest_kind(raw, config, index_file, path)
     return _Manifest(
         path=path,
         generation=generation,
-        config=_manifest_config(raw["config"], path),
+        config=config,
         dim=dim,
         model=raw["model"],
         count=count,
         index_file=index_file,
         memories_file=memories_file,
         files=_manifest_files(raw["files"], used, path),
+        kind=kind,
+        calibration=_manifest_calibration(raw.get("calibration"), kind, path),
     )
+
+
+def _manifest_kind(raw: dict[str, Any], config: MemoryStoreConfig, index_file: str | None, path: Path) -> str | None:
+    """`index_kind` (absent in manifests written before the kind could be chosen by size: the config's)."""
+    kind = raw.get("index_kind", config.index)
+    if kind is not None and kind not in KINDS:
+        raise StoreError(f"{path}: index_kind is {_shown(kind)}; expected one of {', '.join(map(repr, KINDS))}")
+    if config.index is not None and kind not in (None, config.index):
+        raise StoreError(f"{path}: index_kind is {kind!r} but config.index is {config.index!r}; they must agree")
+    if kind is None and index_file is not None:
+        raise StoreError(f"{path}: index_kind is null but the store has an index; expected 'flat', 'ivf' or 'hnsw'")
+    return kind
+
+
+_CALIBRATION_TYPES = {
+    "kind": str, "value": int, "recall": float, "target_recall": float, "k": int, "queries": int, "count": int,
+    "seconds": float,
+}  # fmt: skip
+
+
+def _manifest_calibration(value: Any, kind: str | None, path: Path) -> Calibration | None:
+    if value is None:
+        return None
+    expected = "null or an object with " + ", ".join(_CALIBRATION_TYPES)
+    if not isinstance(value, dict) or sorted(value) != sorted(_CALIBRATION_TYPES):
+        raise StoreError(f"{path}: calibration is {_shown(value)}; expected {expected}")
+    for key, wanted in _CALIBRATION_TYPES.items():
+        item = value[key]
+        right = _is_int(item) if wanted is int else isinstance(item, wanted) or (wanted is float and _is_int(item))
+        if not right or (wanted is not str and not 0 <= item <= _ID_MASK) or (wanted is float and item != item):
+            raise StoreError(f"{path}: calibration.{key} is {_shown(item)}; expected a non-negative {wanted.__name__}")
+    if value["kind"] != kind or kind not in ("ivf", "hnsw"):
+        raise StoreError(f"{path}: calibration.kind is {_shown(value['kind'])}; expected {kind!r}, the index kind")
+    if not 1 <= value["value"] <= 1 << 20:
+        raise StoreError(f"{path}: calibration.value is {value['value']}; expected an integer from 1 to {1 << 20}")
+    return Calibration(**{key: float(v) if _CALIBRATION_TYPES[key] is float else v for key, v in value.items()})
 
 
 def _manifest_int(raw: dict[str, Any], key: str, path: Path, *, low: int, high: int) -> int:
@@ -668,7 +1011,7 @@ def _check_index_header(path: Path, manifest: _Manifest) -> None:
     dim, total = struct.unpack("<iq", header[4:16])
     if dim != manifest.dim:
         raise StoreError(f"{path}: index dimension {dim}, manifest says {manifest.dim}")
-    kind = manifest.config.index
+    kind = manifest.kind
     if total < manifest.count if kind == "hnsw" else total != manifest.count:
         raise StoreError(f"{path}: the index holds {total} vectors but the manifest counts {manifest.count} memories")
     if total * dim * 4 > size:

@@ -1,0 +1,313 @@
+"""haruhi/memory: the index kind chosen by size, recall tuning (checked by exact numpy search), threads, batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from omnimm import StoreError
+from omnimm_plugins.haruhi.configs import MemoryStoreConfig
+from omnimm_plugins.haruhi.store import _EF_LADDER, _NPROBE_LADDER, FaissMemory, available_cores
+
+faiss = pytest.importorskip("faiss")
+
+DIM = 48  # random 48-d vectors have no structure to exploit: small HNSW graphs and few IVF probes miss neighbours
+
+
+def unit(n: int, seed: int = 0) -> np.ndarray:
+    matrix = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def exact_top(queries: np.ndarray, vectors: np.ndarray, k: int = 10) -> np.ndarray:
+    """Row numbers of the k largest inner products, by numpy (the vectors' ids are their row numbers below)."""
+    return np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
+
+
+def recall(store: FaissMemory, queries: np.ndarray, vectors: np.ndarray, k: int = 10) -> float:
+    truth = exact_top(queries, vectors, k)
+    found = store.search(queries, k)
+    return float(np.mean([len({h.id for h in row} & set(t.tolist())) / k for row, t in zip(found, truth, strict=True)]))
+
+
+def built(config: MemoryStoreConfig, vectors: np.ndarray) -> FaissMemory:
+    store = FaissMemory(config)
+    store.add(vectors, [f"memory {i}" for i in range(len(vectors))], ids=list(range(len(vectors))))
+    return store
+
+
+# a graph this sparse needs a long candidate list for recall 0.95 on random vectors: the tuning has work to do
+HNSW = {"index": "hnsw", "hnsw_m": 6, "ef_construction": 16}
+IVF = {"index": "ivf", "nlist": 64}
+
+
+# -- the kind, by size ----------------------------------------------------------------------------------------------
+
+
+def test_an_unset_index_is_flat_up_to_exact_up_to_then_switches_to_hnsw_keeping_every_memory():
+    vectors = unit(300)
+    store = FaissMemory(MemoryStoreConfig(exact_up_to=200, ef_search=4096))
+    assert store.kind is None
+    store.add(vectors[:200], [f"m{i}" for i in range(200)], ids=list(range(200)))
+    assert store.kind == "flat" and store.calibration is None
+    store.add(vectors[200:], [f"m{i}" for i in range(200, 300)], ids=list(range(200, 300)))
+    assert store.kind == "hnsw" and len(store) == 300
+    assert isinstance(faiss.downcast_index(store._index.index), faiss.IndexHNSWFlat)
+    assert store._index.ntotal == 300
+    # ef_search 4096 visits the whole 300-node graph: the answers are numpy's
+    queries = unit(20, seed=1)
+    assert [[h.id for h in row] for row in store.search(queries, 10)] == exact_top(queries, vectors).tolist()
+
+
+def test_a_large_first_add_is_hnsw_at_once_and_a_set_index_is_kept_whatever_the_size():
+    assert built(MemoryStoreConfig(exact_up_to=100), unit(101)).kind == "hnsw"
+    assert built(MemoryStoreConfig(exact_up_to=100), unit(100)).kind == "flat"
+    assert built(MemoryStoreConfig(index="flat", exact_up_to=10), unit(400)).kind == "flat"
+    assert built(MemoryStoreConfig(index="ivf", exact_up_to=10_000, nlist=8), unit(400)).kind == "ivf"
+
+
+def test_the_chosen_kind_is_saved_and_a_config_asking_for_another_is_refused(tmp_path: Path):
+    store = built(MemoryStoreConfig(exact_up_to=100, **{k: v for k, v in HNSW.items() if k != "index"}), unit(700))
+    store.save(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["index_kind"] == "hnsw" and manifest["config"]["index"] is None
+    assert FaissMemory.load(tmp_path / "s").kind == "hnsw"
+    with pytest.raises(StoreError, match="holds a 'hnsw' index but the config asks for 'flat'"):
+        FaissMemory.load(tmp_path / "s", config=MemoryStoreConfig(index="flat"))
+
+
+# -- tuning for target_recall -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [HNSW, IVF], ids=["hnsw", "ivf"])
+def test_the_build_tunes_for_target_recall_and_fresh_queries_reach_it_by_numpy(options: dict):
+    vectors = unit(4000)
+    store = built(MemoryStoreConfig(target_recall=0.95, **options), vectors)
+    found = store.calibration
+    assert found is not None and found.kind == options["index"] and found.target_recall == 0.95
+    assert found.recall >= 0.95 and found.k == 10 and found.queries == 500 and found.count == 4000
+    ladder = _EF_LADDER if found.kind == "hnsw" else _NPROBE_LADDER
+    assert found.value in ladder and found.value > ladder[0]  # the cheapest setting is not enough here
+    # queries the store has never seen, scored by numpy: the tuned setting carries over (500 queries: +-0.01)
+    measured = recall(store, unit(500, seed=7), vectors)
+    assert measured >= 0.94, f"{found.parameter} {found.value}: recall {measured:.3f} on fresh queries"
+
+
+@pytest.mark.parametrize("options", [HNSW, IVF], ids=["hnsw", "ivf"])
+def test_calibrate_on_given_queries_picks_the_smallest_setting_that_reaches_the_target(options: dict):
+    vectors, queries = unit(4000), unit(300, seed=3)
+    store = built(MemoryStoreConfig(target_recall=0.9, **options), vectors)
+    found = store.calibrate(queries)
+    assert found is not None and found.queries == 300 and found.recall >= 0.9
+    ladder = list(_EF_LADDER if found.kind == "hnsw" else _NPROBE_LADDER)
+    parameter = found.parameter
+
+    def recall_at(value: int) -> float:
+        store.config = MemoryStoreConfig(target_recall=0.9, **options, **{parameter: value})
+        return recall(store, queries, vectors)
+
+    assert recall_at(found.value) == pytest.approx(found.recall, abs=1e-9)
+    assert recall_at(found.value) >= 0.9
+    assert recall_at(ladder[ladder.index(found.value) - 1]) < 0.9
+
+
+def near_copies(originals: np.ndarray, copies: int, noise: float, seed: int = 0) -> np.ndarray:
+    """Each original followed by `copies` slightly moved copies of it (overlapping windows, duplicated lines)."""
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(originals, copies + 1, axis=0)
+    moved = rows + rng.standard_normal(rows.shape).astype(np.float32) * noise / np.sqrt(rows.shape[1])
+    moved[:: copies + 1] = originals
+    return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+def test_tuning_holds_out_near_copies_so_its_estimate_holds_for_new_queries():
+    # 1,000 texts, each stored 8 times (moved a little: overlapping windows, repeated lines); queries are new texts
+    vectors, queries = near_copies(unit(1000), copies=7, noise=0.3), unit(500, seed=11)
+    graph = {"index": "hnsw", "hnsw_m": 16, "ef_construction": 64}
+    default = built(MemoryStoreConfig(target_recall=0.95, **graph), vectors)
+    naive = built(MemoryStoreConfig(target_recall=0.95, tuning_similarity=1.0, **graph), vectors)  # copies stay in
+    default_recall, naive_recall = recall(default, queries, vectors), recall(naive, queries, vectors)
+    # a sample vector beside its own copies is easy to find: the naive estimate is far above what new queries get
+    assert naive.calibration.recall >= 0.95 and naive_recall < 0.8
+    # held out with its copies, a sample vector is searched as a new text is: the estimate about holds
+    assert default.calibration.value > naive.calibration.value and default.calibration.queries < 500
+    assert default_recall >= 0.9 and abs(default.calibration.recall - default_recall) < 0.06, default.calibration
+
+
+def test_calibration_is_in_the_manifest_and_survives_save_and_load(tmp_path: Path):
+    vectors = unit(3000)
+    store = built(MemoryStoreConfig(target_recall=0.95, **HNSW), vectors)
+    store.save(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["calibration"] == dataclasses.asdict(store.calibration)
+    assert set(manifest["calibration"]) == {
+        "kind",
+        "value",
+        "recall",
+        "target_recall",
+        "k",
+        "queries",
+        "count",
+        "seconds",
+    }
+    loaded = FaissMemory.load(tmp_path / "s")
+    assert loaded.calibration == store.calibration
+    queries = unit(50, seed=2)
+    assert [[h.id for h in r] for r in loaded.search(queries)] == [[h.id for h in r] for r in store.search(queries)]
+    # adding less than a fifth to the loaded store keeps the saved tuning
+    loaded.add(unit(100, seed=9), [f"new {i}" for i in range(100)])
+    assert loaded.calibration == store.calibration
+
+
+def test_the_store_is_tuned_again_once_it_has_grown_by_a_fifth():
+    store = built(MemoryStoreConfig(target_recall=0.95, **HNSW), unit(2000))
+    first = store.calibration
+    assert first is not None and first.count == 2000
+    store.add(unit(300, seed=1), [f"a{i}" for i in range(300)], ids=range(2000, 2300))  # +15%: kept
+    assert store.calibration is first
+    store.add(unit(300, seed=2), [f"b{i}" for i in range(300)], ids=range(2300, 2600))  # +30%: tuned again
+    again = store.calibration
+    # 75 held out (a quarter of the add); one with a near-copy already in the store may be left out
+    assert again is not first and again.count == 2600 and 70 <= again.queries <= 75 and again.recall >= 0.95
+
+
+def test_a_new_target_recall_is_tuned_for_on_the_next_add():
+    store = built(MemoryStoreConfig(target_recall=0.8, **HNSW), unit(2000))
+    low = store.calibration.value
+    store.config = MemoryStoreConfig(target_recall=0.99, **HNSW)
+    store.add(unit(400, seed=5), [f"x{i}" for i in range(400)])
+    assert store.calibration.target_recall == 0.99 and store.calibration.value > low
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_calibrate_does_nothing_for_exact_search_or_a_set_parameter(kind: str):
+    fixed = {"flat": {}, "ivf": {"nlist": 32, "nprobe": 3}, "hnsw": {"ef_search": 20}}[kind]
+    store = built(MemoryStoreConfig(index=kind, **fixed), unit(2000))
+    assert store.calibration is None and store.calibrate() is None and store.calibrate(unit(60, seed=1)) is None
+
+
+# -- explicit settings ------------------------------------------------------------------------------------------------
+
+
+def test_an_explicit_ef_search_is_used_as_given():
+    vectors, queries = unit(3000), unit(200, seed=4)
+    options = {k: v for k, v in HNSW.items() if k != "ef_search"}
+    wide = built(MemoryStoreConfig(ef_search=4096, **options), vectors)
+    assert wide.calibration is None
+    assert recall(wide, queries, vectors) == 1.0  # a list longer than the store visits every node
+    wide.config = MemoryStoreConfig(ef_search=10, **options)
+    assert recall(wide, queries, vectors) < 0.8
+    ef = faiss.SearchParametersHNSW(efSearch=10)
+    assert [[h.id for h in r] for r in wide.search(queries[:5])] == wide._index.search(queries[:5], 10, params=ef)[
+        1
+    ].tolist()
+
+
+def test_an_explicit_nprobe_is_used_as_given():
+    vectors, queries = unit(3000), unit(200, seed=4)
+    every = built(MemoryStoreConfig(index="ivf", nlist=64, nprobe=64), vectors)
+    assert every.calibration is None
+    assert recall(every, queries, vectors) == 1.0  # nprobe = nlist: every list, exact
+    every.config = MemoryStoreConfig(index="ivf", nlist=64, nprobe=1)
+    assert recall(every, queries, vectors) < 0.5
+
+
+# -- search and search_batch, threads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{"index": "flat"}, IVF, HNSW], ids=["flat", "ivf", "hnsw"])
+def test_search_one_by_one_and_search_batch_give_the_same_hits(options: dict):
+    vectors = unit(3000)
+    store = built(MemoryStoreConfig(**options), vectors)
+    store.delete(range(0, 3000, 7))
+    queries = unit(60, seed=6)  # 60: faiss' batched path, not the few-queries one
+    batch = store.search_batch(queries, 10)
+    single = [store.search(query, 10)[0] for query in queries]
+    assert [[h.id for h in r] for r in batch] == [[h.id for h in r] for r in single]
+    assert np.allclose([[h.score for h in r] for r in batch], [[h.score for h in r] for r in single], atol=1e-5)
+    assert all(h.id % 7 for row in batch for h in row)
+    if options["index"] == "flat":
+        live = np.asarray([i for i in range(3000) if i % 7])
+        assert [[h.id for h in r] for r in batch] == live[exact_top(queries, vectors[live])].tolist()
+
+
+def test_searches_put_faiss_thread_count_back():
+    store = built(MemoryStoreConfig(**HNSW), unit(2000))
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(3)
+        store.search(unit(1, seed=1))
+        assert faiss.omp_get_max_threads() == 3
+        store.search_batch(unit(40, seed=1))
+        assert faiss.omp_get_max_threads() == 3
+        store.search(unit(40, seed=1), threads=1)
+        assert faiss.omp_get_max_threads() == 3
+        with pytest.raises(ValueError, match="expected dimension 48"):
+            store.search(np.ones((1, 5), dtype=np.float32))
+        assert faiss.omp_get_max_threads() == 3
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def test_available_cores_follows_omp_num_threads(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert available_cores() >= 1
+
+
+# -- validation and old manifests -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.01, "high"])
+def test_target_recall_must_be_above_0_and_at_most_1(value: object):
+    with pytest.raises(ValidationError, match="target_recall"):
+        MemoryStoreConfig(target_recall=value)
+    assert MemoryStoreConfig(target_recall=1).target_recall == 1.0
+
+
+def test_a_manifest_with_a_bad_target_recall_or_calibration_is_one_store_error(tmp_path: Path):
+    built(MemoryStoreConfig(**HNSW), unit(1000)).save(tmp_path / "s")
+    path = tmp_path / "s" / "manifest.json"
+    good = json.loads(path.read_text())
+    cases = {
+        "config.target_recall: Input should be less than or equal to 1": {
+            "config": {**good["config"], "target_recall": 2}
+        },
+        "calibration.kind is 'ivf'; expected 'hnsw'": {"calibration": {**good["calibration"], "kind": "ivf"}},
+        "calibration.value is 0; expected an integer from 1": {"calibration": {**good["calibration"], "value": 0}},
+        "calibration is 'x'; expected null or an object": {"calibration": "x"},
+    }
+    for message, change in cases.items():
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(StoreError, match=message.replace("(", r"\(")):
+            FaissMemory.load(tmp_path / "s")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_manifest_from_before_tuning_still_loads_and_is_tuned_on_the_next_add(tmp_path: Path, kind: str):
+    vectors = unit(2000)
+    fixed = {"flat": {"index": "flat"}, "hnsw": HNSW}[kind]
+    store = built(MemoryStoreConfig(**fixed), vectors)
+    store.save(tmp_path / "s")
+    path = tmp_path / "s" / "manifest.json"
+    old = json.loads(path.read_text())
+    for key in ("calibration", "index_kind"):  # written since the kind can be chosen by size
+        del old[key]
+    for key in ("exact_up_to", "target_recall"):
+        del old["config"][key]
+    path.write_text(json.dumps(old))
+    loaded = FaissMemory.load(tmp_path / "s")
+    assert loaded.kind == kind and loaded.calibration is None and len(loaded) == 2000
+    assert loaded.config.target_recall == MemoryStoreConfig().target_recall
+    queries = unit(30, seed=8)
+    if kind == "flat":
+        assert [[h.id for h in r] for r in loaded.search(queries)] == exact_top(queries, vectors).tolist()
+    else:
+        loaded.add(unit(600, seed=3), [f"n{i}" for i in range(600)])
+        assert loaded.calibration is not None and loaded.calibration.count == 2600
