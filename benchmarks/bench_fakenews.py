@@ -1,102 +1,184 @@
-"""fakenews: the phase x machine-fake-share grid on PolitiFact++ with the embedding detectors (3 seeds, 6 shares) and
-the fine-tuned transformer (2 seeds, shares 0 and 1, up to 4 epochs: it trains a model per grid point, ~1 minute each
-on 2 CPU cores), and the paper's findings as rows.
+"""fakenews: the phase x machine-fake-share grid on PolitiFact++ and the paper's findings, with paired intervals.
 
-Plots go to docs/plugins/ (one figure per detector, one panel per phase); full tables to
-benchmarks/results/fakenews-<detector>.json.
+The embedding detectors and the char n-gram detector run 10 seeds x 7 shares (the paper's 33% point included); the
+fine-tuned transformer, one model per grid point (minutes each on 2 CPU cores), runs 2 seeds at shares 0 and 1 of the
+human-legacy and machine-dominance phases.
+Every setting of a detector sees the same seeds (split, subclass orders, detector seed), so settings are compared
+paired over seeds; a finding is reproduced only when its 95% paired-bootstrap interval excludes no effect.
+
+Plots go to docs/plugins/ (one figure per detector), full tables to benchmarks/results/fakenews-<detector>.json, and
+the findings table is written into docs/plugins/fakenews.md between its `results` markers, from those JSON files.
+Sweeps resume: finished grid points are kept under $OMNIMM_BENCH_CACHE (default ~/.cache/omnimm/bench).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "politifact_pp"
 DOCS = HERE.parent / "docs" / "plugins"
-SWEEPS = {
-    "embedding-logistic": ({"name": "fakenews/embedding", "classifier": "logistic"}, [0, 1, 2], None),
-    "embedding-lightgbm": ({"name": "fakenews/embedding", "classifier": "lightgbm"}, [0, 1, 2], None),
-    "transformer": ({"name": "fakenews/transformer", "epochs": 4}, [0, 1], [0.0, 1.0]),
+PAGE = DOCS / "fakenews.md"
+CACHE = Path(os.environ.get("OMNIMM_BENCH_CACHE", Path.home() / ".cache" / "omnimm" / "bench"))
+SEEDS = list(range(10))
+SHARES = [0.0, 0.1, 0.25, 0.33, 0.5, 0.75, 1.0]
+PHASES = ["human-legacy", "coexistence", "machine-dominance"]
+# detector config, seeds, shares, phases; the transformer's grid is the part the first three findings need
+SWEEPS: dict[str, tuple[dict[str, Any], list[int], list[float], list[str]]] = {
+    "embedding-logistic": ({"name": "fakenews/embedding", "classifier": "logistic"}, SEEDS, SHARES, PHASES),
+    "embedding-lightgbm": ({"name": "fakenews/embedding", "classifier": "lightgbm"}, SEEDS, SHARES, PHASES),
+    "char-ngram": ({"name": "fakenews/char-ngram"}, SEEDS, SHARES, PHASES),
+    "transformer": (
+        {"name": "fakenews/transformer", "epochs": 4},
+        [0, 1],
+        [0.0, 1.0],
+        ["human-legacy", "machine-dominance"],
+    ),
 }
-SHARES = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+LABELS = {
+    "embedding-logistic": "MiniLM embeddings + logistic regression",
+    "embedding-lightgbm": "MiniLM embeddings + LightGBM",
+    "char-ngram": "char 2-5-grams + logistic regression",
+    "transformer": "fine-tuned MiniLM",
+}
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def sweep(name: str, detector: dict[str, Any], seeds: list[int], shares: list[float] | None) -> dict[str, Any]:
+def sweep(
+    name: str, detector: dict[str, Any], seeds: list[int], shares: list[float], phases: list[str]
+) -> dict[str, Any]:
     from omnimm.files import atomic_write_text
     from omnimm_plugins.fakenews.configs import SweepConfig
     from omnimm_plugins.fakenews.sweep import run_sweep
 
-    with tempfile.TemporaryDirectory() as folder:
-        config = SweepConfig.model_validate(
-            {
-                "data": str(DATA),
-                "output_dir": folder,
-                "seeds": seeds,
-                "machine_fake_shares": shares or SHARES,
-                "detectors": {name: detector},
-            }
-        )
-        result = run_sweep(config, log=lambda text: None, progress=False)
-        DOCS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(Path(folder) / f"subclass-accuracy-{name}.png", DOCS / f"fakenews-{name}.png")
-    atomic_write_text(HERE / "results" / f"fakenews-{name}.json", json.dumps(result, indent=1) + "\n")
+    folder = CACHE / f"fakenews-{name}"
+    config = SweepConfig.model_validate(
+        {
+            "data": str(DATA),
+            "output_dir": str(folder),
+            "seeds": seeds,
+            "machine_fake_shares": shares,
+            "phases": phases,
+            "detectors": {name: detector},
+        }
+    )
+    result = run_sweep(config, log=lambda text: None, progress=False)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(folder / f"subclass-accuracy-{name}.png", DOCS / f"fakenews-{name}.png")
+    atomic_write_text(HERE / "results" / f"fakenews-{name}.json", json.dumps(slim(result, folder), indent=1) + "\n")
     return result
 
 
-def findings(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-    table = {(e["phase"], e["machine_fake_share"]): e for e in result["summary"]["table"]}
-    shares = sorted({share for _, share in table})
-    low, high = shares[0], shares[1]
+def slim(result: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The result without the ids of every mixture and split (megabytes per detector): those stay in the sweep's own
+    `sweep.json`, whose path this records."""
+    rows = [{k: v for k, v in row.items() if k not in ("ids", "key")} for row in result["rows"]]
+    splits = {seed: {part: info["counts"] for part, info in parts.items()} for seed, parts in result["splits"].items()}
+    return {**result, "rows": rows, "splits": splits, "full_results": str(folder / "sweep.json")}
 
-    def accuracy(phase: str, share: float, subclass: str) -> float:
-        return table[(phase, share)]["subclass_accuracy"][subclass]["mean"]
 
-    transfer = result["summary"]["transfer"][name]
-    seeds = result["config"]["seeds"]
-    return [
-        {
-            "benchmark": f"{name}: MF accuracy, human-legacy phase, MF share {high:g} vs {low:g} ({len(seeds)} seeds)",
-            "ours_label": f"share {high:g}",
-            "reference_label": f"share {low:g}",
-            "ours": accuracy("human-legacy", high, "MF"),
-            "reference": accuracy("human-legacy", low, "MF"),
-            "ratio": None,
-            "unit": "accuracy",
-            "notes": "paper: MF accuracy rises fast once some MF enters training",
-        },
-        {
-            "benchmark": f"{name}: MR accuracy, human-legacy phase, MF share 1 vs 0",
-            "ours_label": "share 1",
-            "reference_label": "share 0",
-            "ours": accuracy("human-legacy", 1.0, "MR"),
-            "reference": accuracy("human-legacy", 0.0, "MR"),
-            "ratio": None,
-            "unit": "accuracy",
-            "notes": "paper: MR accuracy falls (machine-written = fake shortcut)",
-        },
-        {
-            "benchmark": f"{name}: transfer, trained on one source, tested on the other",
-            "ours_label": "human-trained on MR+MF",
-            "reference_label": "machine-trained on HR+HF",
-            "ours": transfer["human_trained_on_machine_items"],
-            "reference": transfer["machine_trained_on_human_items"],
-            "ratio": None,
-            "unit": "accuracy",
-            "notes": "paper: human-trained detectors transfer to machine text better than the reverse",
-        },
+def _interval(value: dict[str, float] | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(value['mean'])} [{form.format(value['low'])}, {form.format(value['high'])}]"
+
+
+def findings_table(results: dict[str, dict[str, Any]]) -> str:
+    """The findings of every detector as a markdown table: both sides, the paired difference and the verdict."""
+    lines = [
+        "| detector | seeds | claim | A | B | A - B [95% CI] | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for name, result in results.items():
+        seeds = len(result["config"]["seeds"])
+        for finding in result["summary"]["findings"][name]:
+            lines.append(
+                f"| {LABELS.get(name, name)} | {seeds} | {finding['claim']} | {finding['a']}: "
+                f"{_interval(finding['a_mean'])} | {finding['b']}: {_interval(finding['b_mean'])} | "
+                f"{_interval(finding['difference'], signed=True)} | **{finding['verdict']}** |"
+            )
+    return "\n".join(lines)
+
+
+def subclass_table(results: dict[str, dict[str, Any]], phase: str = "human-legacy") -> str:
+    """Per-subclass test accuracy (mean [95% CI] over seeds) at MF share 0 and 1 of one phase, per detector."""
+    lines = [
+        f"| detector | {phase} MF share | HR | HF | MR | MF | source gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        entries = {e["machine_fake_share"]: e for e in result["summary"]["table"] if e["phase"] == phase}
+        for share in (0.0, 1.0):
+            entry = entries.get(share)
+            if entry is None:
+                continue
+            cells = [_interval(entry["subclass_accuracy"][s]) for s in ("HR", "HF", "MR", "MF")]
+            lines.append(
+                f"| {LABELS.get(name, name)} | {share:g} | {' | '.join(cells)} | "
+                f"{_interval(entry['source_gap'], signed=True)} |"
+            )
+    return "\n".join(lines)
+
+
+def write_docs(results: dict[str, dict[str, Any]]) -> None:
+    """Replace the block between the page's results markers with tables built from `results`."""
+    from omnimm.files import atomic_write_text
+
+    first = next(iter(results.values()))
+    block = "\n\n".join(
+        [
+            BEGIN,
+            f"Generated by `python benchmarks/run.py fakenews` from benchmarks/results/fakenews-*.json "
+            f"({first['real_size']} real + {first['fake_size']} fake items per training mixture; validation "
+            f"mixtures of {first['validation_sizes']}).",
+            findings_table(results),
+            subclass_table(results),
+            END,
+        ]
+    )
+    page = PAGE.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(page):
+        raise SystemExit(f"{PAGE}: the markers {BEGIN} ... {END} are missing")
+    atomic_write_text(PAGE, pattern.sub(lambda _: block, page))
+
+
+def findings_rows(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for finding in result["summary"]["findings"][name]:
+        difference = finding["difference"] or {}
+        rows.append(
+            {
+                "benchmark": f"{name}: {finding['claim']}",
+                "ours_label": finding["a"],
+                "reference_label": finding["b"],
+                "ours": (finding["a_mean"] or {}).get("mean", float("nan")),
+                "reference": (finding["b_mean"] or {}).get("mean"),
+                "ratio": None,
+                "unit": "accuracy",
+                "notes": f"A - B {_interval(finding['difference'], signed=True)} ({difference.get('n', 0)} seeds): "
+                f"{finding['verdict']}",
+            }
+        )
+    return rows
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     if not DATA.is_dir():
         return []
-    rows = []
-    for name, (detector, seeds, shares) in SWEEPS.items():
+    rows, results = [], {}
+    for name, (detector, seeds, shares, phases) in SWEEPS.items():
         if quick and name == "transformer":
             continue
-        rows += findings(name, sweep(name, detector, seeds[:1] if quick else seeds, shares))
+        result = sweep(name, detector, seeds[:2] if quick else seeds, shares, phases)
+        results[name] = result
+        rows += findings_rows(name, result)
+    if not quick:
+        write_docs(results)
     return rows

@@ -15,7 +15,8 @@ def sweep_command(
     config: Annotated[Path, typer.Argument(help="A sweep config (YAML/JSON), e.g. fakenews:politifact.")],
     output_dir: Annotated[Path | None, typer.Option(help="Override output_dir.")] = None,
 ) -> None:
-    """Train and score detectors on the phase x machine-fake-share grid; write sweep.json and the plots."""
+    """Train and score detectors on the phase x machine-fake-share grid; write sweep.json (after every grid point;
+    a rerun resumes) and the plots."""
     from rich.console import Console
 
     from omnimm.config import load_config
@@ -27,6 +28,16 @@ def sweep_command(
     if output_dir is not None:
         loaded = loaded.model_copy(update={"output_dir": str(output_dir)})
     result = run_sweep(loaded, log=lambda text: console.print(text, markup=False))
+    for detector, findings in result["summary"]["findings"].items():
+        for finding in findings:
+            difference = finding["difference"]
+            figure = (
+                f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}], "
+                f"{difference['n']} seeds"
+                if difference
+                else "no paired seeds"
+            )
+            console.print(f"{detector}: {finding['key']}: {finding['verdict']} ({figure})", markup=False)
     for detector, transfer in result["summary"]["transfer"].items():
         human, machine = transfer["human_trained_on_machine_items"], transfer["machine_trained_on_human_items"]
         console.print(

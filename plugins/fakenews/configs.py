@@ -25,6 +25,28 @@ class EmbeddingDetectorConfig(ComponentConfig):
     """Characters of each article passed to the encoder."""
 
 
+class CharNgramDetectorConfig(ComponentConfig):
+    """`fakenews/char-ngram`: TF-IDF of character n-grams (within word boundaries, case kept) + logistic regression.
+
+    It sees how an article is written (punctuation, spelling, word endings), not only what it is about."""
+
+    ngram_range: tuple[int, int] = (2, 5)
+    """Shortest and longest character n-gram."""
+    max_features: int | None = Field(200_000, ge=1)
+    """Most frequent n-grams kept (unset: all that occur in at least two training articles)."""
+    C: float = Field(10.0, gt=0)
+    """Inverse L2 strength of the logistic regression (fixed: no model selection on the small validation mixture)."""
+    max_chars: int = Field(4000, ge=100)
+    """Characters of each article read."""
+
+    @model_validator(mode="after")
+    def _range(self) -> CharNgramDetectorConfig:
+        low, high = self.ngram_range
+        if not 1 <= low <= high:
+            raise field_error("ngram_range", f"expected 1 <= low <= high, got {list(self.ngram_range)}")
+        return self
+
+
 class TransformerDetectorConfig(ComponentConfig):
     """`fakenews/transformer`: a transformers encoder fine-tuned as a real/fake classifier (HF Trainer)."""
 
@@ -35,7 +57,8 @@ class TransformerDetectorConfig(ComponentConfig):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     patience: int = Field(2, ge=1)
-    """Early stopping: epochs without a better validation loss before training stops (best epoch restored)."""
+    """Early stopping: epochs without a better validation loss before training stops (best epoch restored); the
+    sweep validates on a mixture of the same phase and share as the training mixture."""
 
 
 class SubclassAccuracyConfig(ComponentConfig):
@@ -54,20 +77,26 @@ class SweepConfig(ComponentConfig):
     phases: list[Literal["human-legacy", "coexistence", "machine-dominance"]] = Field(
         default_factory=lambda: ["human-legacy", "coexistence", "machine-dominance"]
     )
-    machine_fake_shares: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    """Each seed draws its own id split and its own mixtures."""
+    machine_fake_shares: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.33, 0.5, 0.75, 1.0])
+    """Shares of the fake class written by machines (0.33: the paper's one-third point)."""
+    seeds: list[int] = Field(default_factory=lambda: list(range(10)))
+    """Each seed draws its own group split and subclass orders (mixtures are nested prefixes of those) and seeds its
+    detectors; every setting sees the same seeds, so settings are compared paired over seeds."""
     detectors: dict[str, DetectorRef] = Field(
         default_factory=lambda: {"embedding": {"name": "fakenews/embedding"}},  # type: ignore[dict-item]
         validate_default=True,
     )
-    """Name -> detector config (`name: fakenews/embedding` or `fakenews/transformer`)."""
+    """Name -> detector config (`fakenews/embedding`, `fakenews/char-ngram` or `fakenews/transformer`)."""
     test_fraction: float = Field(0.3, gt=0, lt=1)
     validation_fraction: float = Field(0.15, ge=0, lt=1)
     real_size: int | None = Field(None, ge=1)
     """Real items per training mixture; unset: the largest every phase can fill in every seed's split."""
     fake_size: int | None = Field(None, ge=1)
     """Fake items per training mixture; unset: likewise."""
+    drop_contradictions: bool = True
+    """Drop every id whose normalised text carries both labels (they are listed in sweep.json)."""
+    bootstrap_resamples: int = Field(10_000, ge=100)
+    """Resamples of the paired bootstrap over seeds (95% percentile intervals)."""
 
     @model_validator(mode="after")
     def _grid(self) -> SweepConfig:

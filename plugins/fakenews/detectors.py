@@ -1,10 +1,15 @@
-"""Detectors: `fit(train, validation)` then `predict_proba(items) -> P(fake)`.
+"""Detectors: `fit(train, validation, seed=)` then `predict_proba(items) -> P(fake)`.
+
+The sweep passes a validation mixture of the same phase and machine-fake share as the training mixture (drawn from
+the validation part of the split), and a seed per run.
 
 - `fakenews/embedding`: frozen sentence embeddings (any registered encoder; MiniLM by default) and LightGBM or
   logistic regression. Embeddings are computed once per article and reused across refits (a sweep refits it
   hundreds of times).
+- `fakenews/char-ngram`: TF-IDF of character n-grams within word boundaries and logistic regression: a detector that
+  can learn writing style (punctuation, spelling, function-word habits), which frozen topic embeddings barely see.
 - `fakenews/transformer`: a transformers encoder with a fresh classification head, fine-tuned on HF's Trainer with
-  early stopping on the validation split's loss (the best epoch is restored).
+  early stopping on the validation mixture's loss (the best epoch is restored).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from omnimm.deps import require
-from omnimm_plugins.fakenews.configs import EmbeddingDetectorConfig, TransformerDetectorConfig
+from omnimm_plugins.fakenews.configs import CharNgramDetectorConfig, EmbeddingDetectorConfig, TransformerDetectorConfig
 from omnimm_plugins.fakenews.data import NewsItem
 
 
@@ -42,10 +47,10 @@ class EmbeddingDetector:
             self._cache.update((keys[i], v) for i, v in zip(missing, vectors, strict=True))
         return np.stack([self._cache[k] for k in keys])
 
-    def fit(self, train: Sequence[NewsItem], validation: Sequence[NewsItem] = ()) -> EmbeddingDetector:
-        x, y = self.embed(train), np.array([i.label for i in train])
-        if len(set(y.tolist())) < 2:
-            raise ValueError("the training set holds one class only; a detector needs real and fake items")
+    def fit(
+        self, train: Sequence[NewsItem], validation: Sequence[NewsItem] = (), *, seed: int = 0
+    ) -> EmbeddingDetector:
+        x, y = self.embed(train), _labels(train)
         if self.config.classifier == "logistic":
             linear_model = require("sklearn.linear_model", extra="fakenews", purpose="the logistic detector")
             self._model = linear_model.LogisticRegression(C=1.0, max_iter=5000).fit(x, y)
@@ -53,11 +58,11 @@ class EmbeddingDetector:
         lightgbm = require("lightgbm", extra="fakenews", purpose="the LightGBM detector")
         model = lightgbm.LGBMClassifier(
             n_estimators=400, learning_rate=0.05, num_leaves=15, min_child_samples=5, subsample=0.9,
-            subsample_freq=1, colsample_bytree=0.5, random_state=0, verbose=-1,
+            subsample_freq=1, colsample_bytree=0.5, random_state=seed, verbose=-1,
         )  # fmt: skip
         fit_options: dict[str, Any] = {}
         if len(validation):
-            x_val, y_val = self.embed(validation), np.array([i.label for i in validation])
+            x_val, y_val = self.embed(validation), _labels(validation, "validation")
             newer = "eval_X" in inspect.signature(model.fit).parameters  # LightGBM >= 4.6 renamed eval_set
             fit_options = {"eval_X": (x_val,), "eval_y": (y_val,)} if newer else {"eval_set": [(x_val, y_val)]}
             fit_options["callbacks"] = [lightgbm.early_stopping(30, verbose=False)]
@@ -68,6 +73,42 @@ class EmbeddingDetector:
         if self._model is None:
             raise RuntimeError("fit() the detector first")
         return self._model.predict_proba(self.embed(items))[:, 1]
+
+
+def _labels(items: Sequence[NewsItem], what: str = "training") -> np.ndarray:
+    labels = np.array([item.label for item in items])
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"the {what} set holds one class only; a detector needs real and fake items")
+    return labels
+
+
+class CharNgramDetector:
+    def __init__(self, config: CharNgramDetectorConfig) -> None:
+        self.config = config
+        self._model: Any = None
+
+    def fit(
+        self, train: Sequence[NewsItem], validation: Sequence[NewsItem] = (), *, seed: int = 0
+    ) -> CharNgramDetector:
+        """Fits the vectoriser and the classifier on `train` only (the validation mixture is not needed: fixed C)."""
+        text = require("sklearn.feature_extraction.text", extra="fakenews", purpose="the char-ngram detector")
+        linear_model = require("sklearn.linear_model", extra="fakenews", purpose="the char-ngram detector")
+        pipeline = require("sklearn.pipeline", extra="fakenews", purpose="the char-ngram detector")
+        low, high = self.config.ngram_range
+        self._model = pipeline.make_pipeline(
+            text.TfidfVectorizer(
+                analyzer="char_wb", ngram_range=(low, high), sublinear_tf=True, min_df=2,
+                max_features=self.config.max_features, lowercase=False,
+            ),
+            linear_model.LogisticRegression(C=self.config.C, max_iter=5000, random_state=seed),
+        )  # fmt: skip
+        self._model.fit([item.content(self.config.max_chars) for item in train], _labels(train))
+        return self
+
+    def predict_proba(self, items: Sequence[NewsItem]) -> np.ndarray:
+        if self._model is None:
+            raise RuntimeError("fit() the detector first")
+        return self._model.predict_proba([item.content(self.config.max_chars) for item in items])[:, 1]
 
 
 class TransformerDetector:
@@ -96,11 +137,14 @@ class TransformerDetector:
         batch["labels"] = torch.tensor([r["label"] for r in rows])
         return dict(batch)
 
-    def fit(self, train: Sequence[NewsItem], validation: Sequence[NewsItem] = ()) -> TransformerDetector:
+    def fit(
+        self, train: Sequence[NewsItem], validation: Sequence[NewsItem] = (), *, seed: int = 0
+    ) -> TransformerDetector:
         transformers = require("transformers", extra="fakenews", purpose="the transformer detector")
         import torch
 
         path = self._path()
+        transformers.set_seed(seed)  # the fresh head's initialisation
         self._tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self._model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
         stopping = bool(len(validation))
@@ -122,7 +166,8 @@ class TransformerDetector:
                 report_to="none",
                 disable_tqdm=True,
                 logging_strategy="no",
-                seed=0,
+                seed=seed,
+                data_seed=seed,
             )
             trainer = transformers.Trainer(
                 model=self._model,

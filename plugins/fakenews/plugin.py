@@ -20,6 +20,12 @@ def omnimm_register(registries: Registries) -> None:
         extra="fakenews",
     )
     detectors.register_lazy(
+        "fakenews/char-ngram",
+        "omnimm_plugins.fakenews.detectors:CharNgramDetector",
+        config=f"{_CONFIGS}:CharNgramDetectorConfig",
+        extra="fakenews",
+    )
+    detectors.register_lazy(
         "fakenews/transformer",
         "omnimm_plugins.fakenews.detectors:TransformerDetector",
         config=f"{_CONFIGS}:TransformerDetectorConfig",

@@ -1,47 +1,79 @@
 """The experiment: phases x machine-fake shares x seeds x detectors -> a JSON table and paper-style plots.
 
-Per seed, the data is split by `id` (train / validation / test); each grid point trains on a mixture drawn from the
-training part (fixed class sizes across the whole grid) and is scored on the same test part, per subclass.
+Per seed, the data is split by duplicate group (train / validation / test; see `group_split`) and each subclass of
+the training and validation parts is shuffled once. Each grid point trains on a nested mixture of the training part
+(fixed class sizes across the grid), validates (early stopping) on a mixture of the *same phase and share* drawn
+from the validation part, and is scored on the seed's whole test part, per subclass.
+
+`sweep.json` is rewritten atomically after every grid point; a rerun with the same output folder skips the points
+already there (matched on their full settings: data, detector config, phase, share, seed, sizes, fractions).
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omnimm.files import atomic_write_text
+from omnimm.errors import ConfigError, ConfigIssue
+from omnimm.files import atomic_write_bytes, atomic_write_text
 from omnimm_plugins.fakenews.configs import SweepConfig
-from omnimm_plugins.fakenews.data import SUBCLASSES, NewsItem, group_split, load_four_subclass, load_records
+from omnimm_plugins.fakenews.data import (
+    SUBCLASSES,
+    NewsItem,
+    Split,
+    drop_contradictions,
+    group_split,
+    load_items,
+)
 from omnimm_plugins.fakenews.evaluate import SubclassAccuracy
-from omnimm_plugins.fakenews.mixtures import build_mixture, largest_sizes
+from omnimm_plugins.fakenews.findings import evaluate_findings, interval, paired_interval
+from omnimm_plugins.fakenews.mixtures import build_mixture, largest_sizes, missing_subclasses, subclass_orders
 
 RESULTS = "sweep.json"
-
-
-def load_items(source: str) -> list[NewsItem]:
-    path = Path(source)
-    return load_four_subclass(path) if path.is_dir() else load_records(path)
+__all__ = ["RESULTS", "load_items", "plot", "run_sweep", "summarise"]
 
 
 def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     from omnimm.registry import get_registry
 
     detectors = get_registry("detectors")
-
-    items = load_items(config.data)
+    items, dropped = _load(config, log)
     splits = {
         seed: group_split(items, test=config.test_fraction, validation=config.validation_fraction, seed=seed)
         for seed in config.seeds
     }
-    fits = [largest_sizes(split.train) for split in splits.values()]
-    real_size = config.real_size or min(f[0] for f in fits)
-    fake_size = config.fake_size or min(f[1] for f in fits)
-    log(f"{len(items)} items; training mixtures of {real_size} real + {fake_size} fake; seeds {config.seeds}")
-    evaluator = SubclassAccuracy()
+    real_size, fake_size = _training_sizes(config, splits)
+    validation_sizes = _validation_sizes(config, splits, log)
+    log(
+        f"{len(items)} items; training mixtures of {real_size} real + {fake_size} fake, validation mixtures of "
+        f"{validation_sizes or 'none'}; seeds {config.seeds}"
+    )
+    output = Path(config.output_dir)
+    base = {
+        "data": _fingerprint(items),
+        "real_size": real_size,
+        "fake_size": fake_size,
+        "validation_sizes": validation_sizes,
+        "test_fraction": config.test_fraction,
+        "validation_fraction": config.validation_fraction,
+        "drop_contradictions": config.drop_contradictions,
+    }
+    done = _finished_rows(output / RESULTS)
+    result: dict[str, Any] = {
+        "config": config.model_dump(mode="json"),
+        "complete": False,
+        "real_size": real_size,
+        "fake_size": fake_size,
+        "validation_sizes": validation_sizes,
+        "dropped": [{"id": i.id, "subclass": i.subclass, "title": i.title} for i in dropped],
+        "splits": {str(seed): split.manifest() for seed, split in splits.items()},
+        "rows": [],
+    }
     built = {name: detectors.build(detector) for name, detector in config.detectors.items()}
     grid = [
         (d, p, s, seed)
@@ -50,49 +82,158 @@ def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progre
         for s in config.machine_fake_shares
         for seed in config.seeds
     ]
-    rows: list[dict[str, Any]] = []
     steps: Any = grid
     if progress:
         from rich.progress import track
 
         steps = track(grid, description="fakenews sweep")
-    for detector_name, phase, share, seed in steps:
-        split = splits[seed]
-        mixture = build_mixture(split.train, phase, share, real_size=real_size, fake_size=fake_size, seed=seed)
-        started = time.perf_counter()
-        detector = built[detector_name].fit(mixture.items, split.validation)
-        scores = evaluator.evaluate(split.test, detector.predict_proba(split.test))
-        rows.append(
-            {
-                "detector": detector_name,
-                "phase": phase,
-                "machine_fake_share": share,
-                "seed": seed,
-                "seconds": time.perf_counter() - started,
-                "mixture": mixture.manifest["counts"],
-                **scores,
-            }
-        )
-    result = {
-        "config": config.model_dump(mode="json"),
-        "real_size": real_size,
-        "fake_size": fake_size,
-        "splits": {str(seed): split.manifest() for seed, split in splits.items()},
-        "rows": rows,
-        "summary": summarise(rows),
+    orders = {
+        seed: (subclass_orders(split.train, seed), subclass_orders(split.validation, seed))
+        for seed, split in splits.items()
     }
-    output = Path(config.output_dir)
-    atomic_write_text(output / RESULTS, json.dumps(result, indent=1) + "\n")
+    reused = 0
+    for detector_name, phase, share, seed in steps:
+        settings = {
+            **base,
+            "detector": detector_name,
+            "detector_config": config.detectors[detector_name].model_dump(mode="json"),
+            "phase": phase,
+            "machine_fake_share": share,
+            "seed": seed,
+        }
+        key = json.dumps(settings, sort_keys=True)
+        if key in done:
+            result["rows"].append(done[key])
+            reused += 1
+            continue
+        row = _run_point(built[detector_name], splits[seed], orders[seed], settings, validation_sizes)
+        result["rows"].append({"key": key, **row})
+        _write(output / RESULTS, result)
+    if reused:
+        log(f"reused {reused} finished grid points from {output / RESULTS}")
+    result["complete"] = True
+    result["summary"] = summarise(result["rows"], resamples=config.bootstrap_resamples)
+    _write(output / RESULTS, result)
     for name in built:
         plot(result, name, output / f"subclass-accuracy-{name}.png")
     return result
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds per (detector, phase, share), and the transfer comparison."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+def _load(config: SweepConfig, log: Callable[[str], None]) -> tuple[list[NewsItem], list[NewsItem]]:
+    items = load_items(config.data)
+    dropped: list[NewsItem] = []
+    if config.drop_contradictions:
+        items, dropped = drop_contradictions(items)
+        if dropped:
+            ids = sorted({i.id for i in dropped})
+            log(f"dropped {len(dropped)} items of {len(ids)} id(s) whose text is labelled both real and fake: {ids}")
+    missing = missing_subclasses(items, config.phases, config.machine_fake_shares)
+    if missing:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "data",
+                    f"{config.data} has no {', no '.join(missing)} items, which the phases "
+                    f"{config.phases} with machine_fake_shares {config.machine_fake_shares} need",
+                )
+            ]
+        )
+    return items, dropped
+
+
+def _training_sizes(config: SweepConfig, splits: dict[int, Split]) -> tuple[int, int]:
+    for seed, split in splits.items():
+        missing = missing_subclasses(split.train, config.phases, config.machine_fake_shares)
+        if missing:
+            raise ValueError(
+                f"the training part of seed {seed} has no {', no '.join(missing)} items (the data has too few of "
+                "them for this split): lower test_fraction/validation_fraction or drop the shares that need them"
+            )
+    fits = [largest_sizes(split.train, config.phases, config.machine_fake_shares) for split in splits.values()]
+    return config.real_size or min(f[0] for f in fits), config.fake_size or min(f[1] for f in fits)
+
+
+def _validation_sizes(config: SweepConfig, splits: dict[int, Split], log: Callable[[str], None]) -> list[int] | None:
+    """(real, fake) of the validation mixtures: the largest every seed, phase and share can fill; None (no early
+    stopping, fixed training length) when some seed's validation part cannot hold both classes."""
+    fits = [largest_sizes(split.validation, config.phases, config.machine_fake_shares) for split in splits.values()]
+    real, fake = min(f[0] for f in fits), min(f[1] for f in fits)
+    if real and fake:
+        return [real, fake]
+    if config.validation_fraction:
+        log("a validation part lacks a subclass the grid needs: detectors train without validation (fixed length)")
+    return None
+
+
+def _run_point(
+    detector: Any,
+    split: Split,
+    orders: tuple[dict[str, list[NewsItem]], dict[str, list[NewsItem]]],
+    settings: dict[str, Any],
+    validation_sizes: list[int] | None,
+) -> dict[str, Any]:
+    phase, share, seed = settings["phase"], settings["machine_fake_share"], settings["seed"]
+    mixture = build_mixture(
+        split.train, phase, share, real_size=settings["real_size"], fake_size=settings["fake_size"], seed=seed,
+        orders=orders[0],
+    )  # fmt: skip
+    validation = None
+    if validation_sizes:
+        real, fake = validation_sizes
+        validation = build_mixture(
+            split.validation, phase, share, real_size=real, fake_size=fake, seed=seed, orders=orders[1]
+        )
+    started = time.perf_counter()
+    options = {"seed": seed} if "seed" in inspect.signature(detector.fit).parameters else {}
+    detector.fit(mixture.items, validation.items if validation else [], **options)
+    scores = SubclassAccuracy().evaluate(split.test, detector.predict_proba(split.test))
+    return {
+        "detector": settings["detector"],
+        "phase": phase,
+        "machine_fake_share": share,
+        "seed": seed,
+        "detector_seed": options.get("seed"),
+        "seconds": time.perf_counter() - started,
+        "mixture": mixture.manifest["counts"],
+        "validation_mixture": validation.manifest["counts"] if validation else None,
+        "ids": {
+            "train": mixture.manifest["ids"],
+            "validation": validation.manifest["ids"] if validation else None,
+        },  # the test ids are the seed's test part: splits[seed]["test"]["ids"]
+        **scores,
+    }
+
+
+def _fingerprint(items: Sequence[NewsItem]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for item in sorted(items, key=lambda i: (i.subclass, i.id, i.title, i.description, i.text)):
+        digest.update(json.dumps([item.subclass, item.id, item.title, item.description, item.text]).encode())
+    return digest.hexdigest()
+
+
+def _finished_rows(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        return {row["key"]: row for row in previous["rows"] if "key" in row}
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{path}: not a sweep result this version can resume; move it away or pick another output_dir"
+        ) from None
+
+
+def _write(path: Path, result: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+
+
+def summarise(rows: list[dict[str, Any]], *, resamples: int = 10_000) -> dict[str, Any]:
+    """Per (detector, phase, share): mean and 95% bootstrap interval over seeds of every metric and subclass, and the
+    paired change of each subclass against share 0 of the same phase; per detector: the findings and the transfer
+    comparison. Subclasses missing from a seed's test part are left out of that seed (never a crash)."""
+    groups: dict[tuple, dict[int, dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["detector"], row["phase"], row["machine_fake_share"]), []).append(row)
+        groups.setdefault((row["detector"], row["phase"], row["machine_fake_share"]), {})[row["seed"]] = row
     table = []
     for (detector, phase, share), members in groups.items():
         entry: dict[str, Any] = {
@@ -102,42 +243,39 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "seeds": len(members),
         }
         for metric in ("accuracy", "macro_f1", "source_gap"):
-            entry[metric] = _mean_std([m[metric] for m in members])
-        entry["subclass_accuracy"] = {s: _mean_std([m["subclass_accuracy"][s] for m in members]) for s in SUBCLASSES}
-        table.append(entry)
-    transfer = {}
-    for detector in sorted({row["detector"] for row in rows}):
-        human = [
-            e
-            for e in table
-            if e["detector"] == detector and e["phase"] == "human-legacy" and e["machine_fake_share"] == 0
-        ]
-        machine = [
-            e
-            for e in table
-            if e["detector"] == detector and e["phase"] == "machine-dominance" and e["machine_fake_share"] == 1
-        ]
-        if human and machine:
-            transfer[detector] = {
-                "human_trained_on_machine_items": _mean_of(human[0], ("MR", "MF")),
-                "machine_trained_on_human_items": _mean_of(machine[0], ("HR", "HF")),
+            entry[metric] = interval([m[metric] for m in members.values()], resamples=resamples)
+        entry["subclass_accuracy"] = {
+            s: interval([m["subclass_accuracy"][s] for m in members.values()], resamples=resamples) for s in SUBCLASSES
+        }
+        baseline = groups.get((detector, phase, 0.0))
+        if baseline is not None and share != 0.0:
+            seeds = sorted(set(members) & set(baseline))
+            entry["change_vs_share_0"] = {
+                s: paired_interval(
+                    [members[k]["subclass_accuracy"][s] for k in seeds],
+                    [baseline[k]["subclass_accuracy"][s] for k in seeds],
+                    resamples=resamples,
+                )
+                for s in SUBCLASSES
             }
-    return {"table": table, "transfer": transfer}
-
-
-def _mean_std(values: list[float | None]) -> dict[str, float] | None:
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    return {"mean": statistics.mean(present), "std": statistics.stdev(present) if len(present) > 1 else 0.0}
-
-
-def _mean_of(entry: dict[str, Any], subclasses: tuple[str, ...]) -> float:
-    return statistics.mean(entry["subclass_accuracy"][s]["mean"] for s in subclasses)
+        table.append(entry)
+    findings, transfer = {}, {}
+    for detector in sorted({row["detector"] for row in rows}):
+        findings[detector] = evaluate_findings([r for r in rows if r["detector"] == detector], resamples=resamples)
+        move = next((f for f in findings[detector] if f["key"] == "transfer"), None)
+        if move is not None and move["a_mean"] and move["b_mean"]:
+            transfer[detector] = {
+                "human_trained_on_machine_items": move["a_mean"]["mean"],
+                "machine_trained_on_human_items": move["b_mean"]["mean"],
+                "difference": move["difference"],
+            }
+    return {"table": table, "findings": findings, "transfer": transfer}
 
 
 def plot(result: dict[str, Any], detector: str, path: Path) -> Path:
-    """Per-subclass accuracy vs machine-fake share, one panel per phase (mean over seeds, bars: one std)."""
+    """Per-subclass accuracy vs machine-fake share, one panel per phase (mean over seeds, bars: 95% interval)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,12 +286,15 @@ def plot(result: dict[str, Any], detector: str, path: Path) -> Path:
     figure, axes = pyplot.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.6), sharey=True, squeeze=False)
     for axis, phase in zip(axes[0], phases, strict=True):
         entries = sorted((e for e in table if e["phase"] == phase), key=lambda e: e["machine_fake_share"])
-        shares = [100 * e["machine_fake_share"] for e in entries]
         for subclass, marker in zip(SUBCLASSES, "osD^", strict=True):
-            values = [e["subclass_accuracy"][subclass] for e in entries]
+            points = [(100 * e["machine_fake_share"], e["subclass_accuracy"][subclass]) for e in entries]
+            points = [(x, v) for x, v in points if v is not None]
+            if not points:
+                continue
             axis.errorbar(
-                shares, [v["mean"] for v in values], yerr=[v["std"] for v in values], marker=marker, capsize=3,
-                label=subclass,
+                [x for x, _ in points], [v["mean"] for _, v in points],
+                yerr=[[v["mean"] - v["low"] for _, v in points], [v["high"] - v["mean"] for _, v in points]],
+                marker=marker, capsize=3, label=subclass,
             )  # fmt: skip
         axis.set_title(phase)
         axis.set_xlabel("machine-fake share of the fake class (%)")
@@ -161,11 +302,9 @@ def plot(result: dict[str, Any], detector: str, path: Path) -> Path:
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(loc="lower right")
-    figure.suptitle(f"{detector} detector, seeds {result['config']['seeds']}")
+    figure.suptitle(f"{detector} detector, {len(result['config']['seeds'])} seeds (bars: 95% bootstrap interval)")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     pyplot.close(figure)
-    temporary.replace(path)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
