@@ -1,11 +1,26 @@
-"""recse: STS-B test Spearman of MiniLM as shipped, with CLS pooling, after SimCSE and after SimCSE + reshape
-(3 seeds, same data and steps, best dev checkpoint); and peak memory / step time vs batch size for SimCSE, SimCSE +
-reshape and a discrete augmentation with more views (word repetition, 4 views), each in a fresh process.
+"""recse: paired experiments on STS-B (best dev checkpoint, test reported) and memory per training step.
+
+Quality: from one MLM-only checkpoint (benchmarks/pretrain_mlm.py; `$OMNIMM_MLM_BERT`), CLS pooling as SimCSE uses
+(its MLP during training only), every method runs the same seeds (same data order and initialisation); the claims
+are paired differences over seeds with 95% t intervals. The methods: SimCSE, SimCSE + reshape, word repetition,
+repetition + reshape (portability), a second reshape configuration (lambda 0.01, 256-d Linear + Tanh projection,
+tau 0.1 for the inter-view loss) and a control with each sentence's matrix entries shuffled. MiniLM (CLS) is a second
+setting with fewer steps. Alignment, uniformity and random-pair cosines are measured before and after training.
+
+Memory: peak RSS and step time vs batch size at equal view count: SimCSE + reshape (2 dropout views + the reshaped
+one) vs word repetition with 3 views (3 encoder passes), plain SimCSE beside them; each in a fresh process.
+
+Runs are cached under `$OMNIMM_BENCH_CACHE/recse-runs` (default ~/.cache/omnimm/bench): a rerun resumes. The results
+block of docs/plugins/recse.md is rewritten from the rows (`python benchmarks/bench_recse.py --docs` redoes it from
+benchmarks/results/recse.json).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -17,88 +32,203 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 STSB = SHARED / "stsb"
 SCRIPT = SHARED / "tinyshakespeare" / "input.txt"
+PAGE = HERE.parent / "docs" / "plugins" / "recse.md"
 PLOT = HERE.parent / "docs" / "plugins" / "recse-memory.png"
-SEEDS = [0, 1, 2]
-STEPS = 150
-EVAL_STEPS = 50
+RESULTS = HERE / "results" / "recse.json"
+CACHE = Path(os.environ.get("OMNIMM_BENCH_CACHE", Path.home() / ".cache" / "omnimm" / "bench")) / "recse-runs"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+SEEDS = [0, 1, 2, 3, 4]
 RESHAPE = {"source": "embeddings", "tower": "cnn", "max_length": 32}
-METHODS = {
+SECOND = {"reshape": {**RESHAPE, "out_dim": 256}, "reshape_weight": 0.01, "reshape_projection": "linear-tanh"}
+METHODS: dict[str, dict[str, Any]] = {
     "SimCSE": {"framework": "simcse"},
     "SimCSE + reshape": {"framework": "simcse", "reshape": RESHAPE},
-    "word repetition, 4 views": {"framework": "repeat", "views": 4},
+    "repetition": {"framework": "repeat", "views": 2},
+    "repetition + reshape": {"framework": "repeat", "views": 2, "reshape": RESHAPE},
+    "SimCSE + reshape (2nd config)": {"framework": "simcse", **SECOND, "reshape_temperature": 0.1},
+    "SimCSE + shuffled reshape": {"framework": "simcse", "reshape": {**RESHAPE, "shuffle": True}},
 }
+# setting -> (encoder, steps, eval every, methods, seeds); the MLM start is the main one, MiniLM a short second
+SETTINGS: dict[str, tuple[dict[str, Any], int, int, list[str], list[int]]] = {
+    "mlm": ({"pooling": "cls"}, 60, 30, list(METHODS), SEEDS),
+    "minilm": ({"pooling": "cls"}, 30, 30, ["SimCSE", "SimCSE + reshape"], SEEDS[:3]),
+}
+# (claim, setting, ours, reference, metric): ours - reference, paired over seeds
+CLAIMS = [
+    ("reshape improves SimCSE", "mlm", "SimCSE + reshape", "SimCSE", "test"),
+    ("reshape improves repetition (portability)", "mlm", "repetition + reshape", "repetition", "test"),
+    ("2nd configuration improves SimCSE", "mlm", "SimCSE + reshape (2nd config)", "SimCSE", "test"),
+    ("the matrix structure matters (vs shuffled)", "mlm", "SimCSE + reshape", "SimCSE + shuffled reshape", "test"),
+    ("reshape improves SimCSE, MiniLM start", "minilm", "SimCSE + reshape", "SimCSE", "test"),
+    ("reshape spreads embeddings (uniformity, lower)", "mlm", "SimCSE + reshape", "SimCSE", "uniformity"),
+    ("reshape keeps paraphrases close (alignment, lower)", "mlm", "SimCSE + reshape", "SimCSE", "alignment"),
+]
+LOWER_IS_BETTER = {"uniformity", "alignment", "random_cosine_mean"}
 
 
-def test_spearman(encoder: Any) -> float:
-    from omnimm.registry import evaluators
+def mlm_checkpoint() -> Path:
+    sys.path.insert(0, str(HERE))
+    from pretrain_mlm import checkpoint_dir
 
-    return evaluators.build({"name": "recse/stsb", "folder": str(STSB), "split": "test"}).evaluate(encoder)["spearman"]
+    return checkpoint_dir()
 
 
-def baseline(pooling: str) -> float:
+def encoder_spec(setting: str) -> dict[str, Any]:
+    spec = {"name": "hf/sentence-encoder", **SETTINGS[setting][0]}
+    if setting == "mlm":
+        spec["path"] = str(mlm_checkpoint())
+    return spec
+
+
+class Remembering:
+    """An encoder that embeds each sentence once: Spearman and geometry of the same split share the vectors."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder, self.vectors = encoder, {}
+
+    def encode(self, sentences: list[str], batch_size: int = 128) -> Any:
+        import numpy as np
+
+        missing = [s for s in dict.fromkeys(sentences) if s not in self.vectors]
+        if missing:
+            self.vectors.update(zip(missing, self.encoder.encode(missing, batch_size=batch_size), strict=True))
+        return np.stack([self.vectors[s] for s in sentences])
+
+
+def measure(encoder: Any, *, dev: bool = True) -> dict[str, float]:
+    """Test (and dev) Spearman, and the geometry of the test split's embeddings."""
+    from omnimm.sentence.sts import read_stsb
+    from omnimm_plugins.recse.evaluate import embedding_geometry, sts_correlations
+
+    test, remembering = read_stsb(STSB, "test"), Remembering(encoder)
+    scores = {"dev": sts_correlations(remembering, read_stsb(STSB, "dev"))["spearman"]} if dev else {}
+    return {**scores, "test": sts_correlations(remembering, test)["spearman"], **embedding_geometry(remembering, test)}
+
+
+def cached(key: dict[str, Any], compute: Any) -> dict[str, Any]:
+    """`compute()` once per key: finished runs are kept on disk, so an interrupted benchmark resumes."""
+    from omnimm.files import atomic_write_text
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = CACHE / f"{key.get('setting', 'x')}-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["result"]
+    result = compute()
+    atomic_write_text(path, json.dumps({"key": key, "result": result}, indent=1) + "\n")
+    return result
+
+
+def start_scores(setting: str) -> dict[str, Any]:
     from omnimm.registry import encoders
 
-    return test_spearman(encoders.build({"name": "hf/sentence-encoder", "pooling": pooling}))
+    spec = encoder_spec(setting)
+    return cached({"setting": setting, "start": spec}, lambda: measure(encoders.build(spec)))
 
 
-def trained(model: dict[str, Any], seed: int, steps: int, folder: Path) -> tuple[float, float]:
+def trained(setting: str, method: str, seed: int) -> dict[str, Any]:
     from omnimm.registry import encoders
     from omnimm_plugins.recse.configs import RecseTrainConfig
     from omnimm_plugins.recse.training import train
 
-    config = RecseTrainConfig.model_validate(
-        {
-            "model": {"encoder": {"name": "hf/sentence-encoder", "pooling": "cls"}, **model},
-            "data": {"stsb": str(STSB), "script": str(SCRIPT)},
-            "output_dir": str(folder),
-            "eval_stsb": str(STSB),
-            "max_steps": steps,
-            "eval_steps": min(EVAL_STEPS, steps),
-            "seed": seed,
-        }
-    )
-    result = train(config, progress=False)
-    encoder = encoders.build({"name": "hf/sentence-encoder", "path": str(result.model_dir), "pooling": "cls"})
-    return float(result.best_spearman), test_spearman(encoder)
+    _, steps, every, _, _ = SETTINGS[setting]
+    encoder = encoder_spec(setting)
+    body = {
+        "model": {"encoder": encoder, **METHODS[method]},
+        "data": {"stsb": str(STSB), "script": str(SCRIPT)},
+        "eval_stsb": str(STSB),
+        "max_steps": steps,
+        "eval_steps": every,
+        "seed": seed,
+    }
+
+    def run_once() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as folder:
+            config = RecseTrainConfig.model_validate({**body, "output_dir": folder})
+            result = train(config, progress=False)
+            best = encoders.build({**encoder, "path": str(result.model_dir)})
+            return {"best_dev": float(result.best_spearman), **measure(best, dev=False)}
+
+    return cached({"setting": setting, "method": method, "run": body}, run_once)
+
+
+def paired(ours: list[float], reference: list[float]) -> dict[str, float]:
+    """Mean paired difference and its 95% t interval over seeds."""
+    from scipy import stats
+
+    differences = [a - b for a, b in zip(ours, reference, strict=True)]
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": len(differences)}
+    half = stats.t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(differences)}
+
+
+def verdict(interval: dict[str, float], metric: str) -> str:
+    better = -1 if metric in LOWER_IS_BETTER else 1
+    low, high = sorted((better * interval["low"], better * interval["high"]))
+    if low > 0:
+        return "reproduced"
+    if high < 0:
+        return "not reproduced (the opposite holds)"
+    return "inconclusive"
 
 
 def bench_quality(quick: bool) -> list[dict[str, Any]]:
-    seeds, steps = (SEEDS[:1], 30) if quick else (SEEDS, STEPS)
-    shipped, cls = baseline("mean"), baseline("cls")
-    scores: dict[str, list[float]] = {}
-    dev: dict[str, list[float]] = {}
-    for name in ("SimCSE", "SimCSE + reshape"):
-        for seed in seeds:
-            with tempfile.TemporaryDirectory() as folder:
-                best_dev, test = trained(METHODS[name], seed, steps, Path(folder))
-            scores.setdefault(name, []).append(test)
-            dev.setdefault(name, []).append(best_dev)
+    import torch
 
-    def summary(name: str) -> str:
-        values = scores[name]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.4f} +- {spread:.4f}"
-
-    ours, reference = statistics.mean(scores["SimCSE + reshape"]), statistics.mean(scores["SimCSE"])
-    return [
+    torch.set_num_threads(1)  # on 2 shared cores one thread ran ~4x faster than two (see pretrain_mlm.py)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    starts = {setting: start_scores(setting) for setting in SETTINGS}
+    for setting, (_, _, _, methods, seeds) in SETTINGS.items():
+        # seeds outside: a partial run still holds every method for the seeds done
+        for seed in seeds[:1] if quick else seeds:
+            for method in methods:
+                runs.setdefault(setting, {}).setdefault(method, []).append(trained(setting, method, seed))
+    rows = []
+    for claim, setting, ours, reference, metric in CLAIMS:
+        mine = [r[metric] for r in runs[setting][ours]]
+        theirs = [r[metric] for r in runs[setting][reference]]
+        interval = paired(mine, theirs)
+        steps, seeds = SETTINGS[setting][1], SETTINGS[setting][4][: len(mine)]
+        rows.append(
+            {
+                "benchmark": f"{claim}: STS-B {metric}, {setting} start, {steps} steps x batch 64, seeds {seeds}",
+                "claim": claim,
+                "setting": setting,
+                "metric": metric,
+                "ours_label": ours,
+                "reference_label": reference,
+                "ours": statistics.mean(mine),
+                "reference": statistics.mean(theirs),
+                "ratio": statistics.mean(mine) / statistics.mean(theirs),
+                "unit": "Spearman" if metric in ("dev", "test") else metric,
+                "paired_difference": interval,
+                "dev_difference": paired(
+                    [r["best_dev"] for r in runs[setting][ours]], [r["best_dev"] for r in runs[setting][reference]]
+                ),
+                "verdict": verdict(interval, metric),
+                "notes": f"paired diff {interval['mean']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]",
+            }
+        )
+    rows.append(
         {
-            "benchmark": f"STS-B test Spearman, MiniLM CLS start, {steps} steps x batch 64, seeds {seeds}",
-            "ours_label": "SimCSE + recse reshape",
-            "reference_label": "SimCSE",
-            "ours": ours,
-            "reference": reference,
-            "ratio": ours / reference,
-            "unit": "Spearman",
-            "notes": (
-                f"SimCSE + reshape {summary('SimCSE + reshape')}, SimCSE {summary('SimCSE')}; start (CLS) {cls:.4f}; "
-                f"MiniLM as shipped (mean) {shipped:.4f}"
-            ),
-            "test_scores": scores,
-            "dev_scores": dev,
-            "minilm_mean": shipped,
-            "minilm_cls": cls,
+            "benchmark": "per-run scores (best dev checkpoint) and the starts",
+            "ours_label": "-",
+            "reference_label": "-",
+            "ours": float("nan"),
+            "reference": None,
+            "ratio": None,
+            "unit": "-",
+            "notes": "see runs",
+            "starts": starts,
+            "runs": runs,
+            "settings": {
+                k: {"steps": v[1], "eval_steps": v[2], "methods": v[3], "seeds": v[4]} for k, v in SETTINGS.items()
+            },
+            "mlm": json.loads((mlm_checkpoint() / "mlm.json").read_text(encoding="utf-8")),
         }
-    ]
+    )
+    return rows
 
 
 # Peak memory is read from /proc/self/status (VmHWM), reset after loading: ru_maxrss would carry over the size of
@@ -142,9 +272,14 @@ print(json.dumps({"step": step, "peak_mb": status("VmHWM:"), "model_mb": before,
 
 
 def bench_memory(quick: bool) -> list[dict[str, Any]]:
-    batches = [16, 64] if quick else [16, 32, 64, 128, 256]
+    batches = [16, 64] if quick else [16, 64, 128]
+    methods = {
+        "SimCSE": METHODS["SimCSE"],
+        "SimCSE + reshape": METHODS["SimCSE + reshape"],
+        "word repetition, 3 views": {"framework": "repeat", "views": 3},
+    }
     measured: dict[str, dict[int, dict[str, float]]] = {}
-    for name, method in METHODS.items():
+    for name, method in methods.items():
         for batch in batches:
             done = subprocess.run(
                 [sys.executable, "-c", MEASURE, json.dumps(method), str(batch), str(SCRIPT)],
@@ -155,21 +290,20 @@ def bench_memory(quick: bool) -> list[dict[str, Any]]:
             measured.setdefault(name, {})[batch] = json.loads(done.stdout.strip().splitlines()[-1])
     rows = []
     for batch in batches:
-        ours, reference = measured["SimCSE + reshape"][batch], measured["SimCSE"][batch]
-        discrete = measured["word repetition, 4 views"][batch]
+        ours, discrete = measured["SimCSE + reshape"][batch], measured["word repetition, 3 views"][batch]
+        plain = measured["SimCSE"][batch]
         rows.append(
             {
-                "benchmark": f"training step, batch {batch}, max length 32: peak CPU RSS",
-                "ours_label": "SimCSE + reshape",
-                "reference_label": "SimCSE",
-                "ours": ours["peak_mb"],
-                "reference": reference["peak_mb"],
-                "ratio": ours["peak_mb"] / reference["peak_mb"],
+                "benchmark": f"training step at 3 views, batch {batch}, max length 32: peak CPU RSS above the model",
+                "ours_label": "SimCSE + reshape (2 dropout views + reshaped)",
+                "reference_label": "word repetition, 3 views",
+                "ours": ours["peak_mb"] - ours["model_mb"],
+                "reference": discrete["peak_mb"] - discrete["model_mb"],
+                "ratio": (ours["peak_mb"] - ours["model_mb"]) / (discrete["peak_mb"] - discrete["model_mb"]),
                 "unit": "MB",
                 "notes": (
-                    f"word repetition 4 views {discrete['peak_mb']:.0f} MB; step {ours['step']:.2f} s vs "
-                    f"{reference['step']:.2f} s (4 views {discrete['step']:.2f} s); after loading "
-                    f"{reference['model_mb']:.0f} MB"
+                    f"SimCSE {plain['peak_mb'] - plain['model_mb']:.0f} MB; step {ours['step']:.2f} s vs "
+                    f"{discrete['step']:.2f} s (SimCSE {plain['step']:.2f} s)"
                 ),
                 "measured": {name: values[batch] for name, values in measured.items()},
             }
@@ -201,7 +335,118 @@ def plot(measured: dict[str, dict[int, dict[str, float]]], batches: list[int]) -
     figure.savefig(PLOT, dpi=110)
 
 
+def _interval(interval: dict[str, float]) -> str:
+    return f"{interval['mean']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]"
+
+
+def results_block(rows: list[dict[str, Any]]) -> str:
+    """The markdown between the page's results markers, from the benchmark's rows."""
+    claims = [r for r in rows if "claim" in r]
+    detail = next(r for r in rows if "runs" in r)
+    memory = [r for r in rows if r.get("unit") == "MB"]
+    mlm = detail["mlm"]
+    lines = [
+        BEGIN,
+        "",
+        "Generated by `nice -n 10 python benchmarks/run.py recse` from benchmarks/results/recse.json.",
+        "",
+        f"**The MLM-only start** (`benchmarks/pretrain_mlm.py`): BERT {mlm['architecture']['num_hidden_layers']} "
+        f"layers x {mlm['architecture']['hidden_size']} hidden, {mlm['parameters'] / 1e6:.1f}M parameters, "
+        f"{mlm['steps']} steps x batch {mlm['batch_size']} in {mlm['minutes']:.0f} minutes; held-out MLM loss "
+        f"{mlm['held_out_mlm_loss']:.2f} (perplexity {mlm['held_out_perplexity']:.0f}; a uniform guess is "
+        f"{mlm['uniform_guess_loss']:.2f}). A weak model: it has seen {mlm['steps'] * mlm['batch_size']:,} sentences.",
+        "",
+        "**Scores** (mean over seeds; best dev checkpoint; geometry on the test split's embeddings):",
+        "",
+        "| start | method | seeds | steps | best dev | test Spearman | alignment | uniformity | random-pair cosine |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cells(values: list[dict[str, Any]], key: str) -> str:
+        numbers = [v[key] for v in values]
+        spread = f" +- {statistics.stdev(numbers):.4f}" if len(numbers) > 1 else ""
+        return f"{statistics.mean(numbers):.4f}{spread}"
+
+    for setting, start in detail["starts"].items():
+        lines.append(
+            f"| {setting} | (the start, untrained) | | 0 | {start['dev']:.4f} | {start['test']:.4f} | "
+            f"{start['alignment']:.3f} | {start['uniformity']:.3f} | {start['random_cosine_mean']:.3f} |"
+        )
+        for method, values in detail["runs"].get(setting, {}).items():
+            lines.append(
+                f"| {setting} | {method} | {len(values)} | {detail['settings'][setting]['steps']} | "
+                f"{cells(values, 'best_dev')} | {cells(values, 'test')} | {cells(values, 'alignment')} | "
+                f"{cells(values, 'uniformity')} | {cells(values, 'random_cosine_mean')} |"
+            )
+    lines += [
+        "",
+        "**Claims** (ours - reference, paired over seeds, mean [95% t interval]):",
+        "",
+        "| claim | start | ours vs reference | test / metric difference | best-dev difference | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in claims:
+        lines.append(
+            f"| {row['claim']} | {row['setting']} | {row['ours_label']} vs {row['reference_label']} | "
+            f"{row['metric']}: {_interval(row['paired_difference'])} | {_interval(row['dev_difference'])} | "
+            f"{row['verdict']} |"
+        )
+    lines += ["", *(_sentence(row) for row in claims)]
+    if memory:
+        lines += [
+            "",
+            "**Memory at equal view count** (peak RSS above the loaded MiniLM during three steps; faster of "
+            "steps 2-3):",
+            "",
+            "| batch | SimCSE (2 views) | SimCSE + reshape (3 views) | word repetition (3 views) "
+            "| reshape / repetition |",
+            "|---|---|---|---|---|",
+        ]
+        for row in memory:
+            m = row["measured"]
+            used = {k: v["peak_mb"] - v["model_mb"] for k, v in m.items()}
+            batch = row["benchmark"].split("batch ")[1].split(",")[0]
+            lines.append(
+                f"| {batch} | {used['SimCSE']:.0f} MB, {m['SimCSE']['step']:.2f} s | "
+                f"{used['SimCSE + reshape']:.0f} MB, {m['SimCSE + reshape']['step']:.2f} s | "
+                f"{used['word repetition, 3 views']:.0f} MB, {m['word repetition, 3 views']['step']:.2f} s | "
+                f"{row['ratio']:.2f}x |"
+            )
+        lines += ["", "![memory and step time vs batch size](recse-memory.png)"]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def _sentence(row: dict[str, Any]) -> str:
+    interval, metric = row["paired_difference"], row["metric"]
+    n = interval["n"]
+    return (
+        f"- *{row['claim']}* ({row['setting']} start, {n} seeds): **{row['verdict']}**, {metric} difference "
+        f"{_interval(interval)}."
+    )
+
+
+def write_docs(rows: list[dict[str, Any]]) -> None:
+    from omnimm.files import atomic_write_text
+
+    page = PAGE.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(page):
+        raise SystemExit(f"{PAGE}: the markers {BEGIN} ... {END} are missing")
+    block = results_block(rows)
+    atomic_write_text(PAGE, pattern.sub(lambda _: block, page))
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     if not STSB.is_dir():
         return []
-    return [*bench_quality(quick), *bench_memory(quick)]
+    if not (mlm_checkpoint() / "mlm.json").is_file():
+        raise SystemExit(f"no MLM checkpoint at {mlm_checkpoint()}: run benchmarks/pretrain_mlm.py first")
+    rows = [*bench_quality(quick), *(bench_memory(quick) if not os.environ.get("RECSE_SKIP_MEMORY") else [])]
+    if not quick:
+        write_docs(rows)
+    return rows
+
+
+if __name__ == "__main__" and "--docs" in sys.argv:
+    write_docs(json.loads(RESULTS.read_text(encoding="utf-8"))["rows"])

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from omnimm.files import read_utf8
+
 recse_app = typer.Typer(help="recse: contrastive sentence embeddings with feature reshaping.", no_args_is_help=True)
 
 ModelArgument = Annotated[
@@ -41,6 +43,11 @@ def encoder_config(model: str, pooling: str | None = None) -> Any:
     if model != "minilm":
         if not path.is_dir():
             raise typer.BadParameter(f"{model}: not a model folder, an encoder config file, or 'minilm'")
+        if not (path / "config.json").is_file():  # else transformers fails deep inside with a vague message
+            from omnimm.errors import BuildError
+
+            found = "it is empty" if not any(path.iterdir()) else "it has no config.json"
+            raise BuildError(str(path), f"not a transformers or sentence-transformers model folder ({found})")
         options["path"] = str(path)
     options["pooling"] = pooling or _folder_pooling(path) or "mean"
     return encoders.validate(options)
@@ -109,23 +116,35 @@ def eval_command(
 
 def encode_command(
     model: ModelArgument,
-    file: Annotated[Path, typer.Argument(help="A text file, one sentence per line.")],
-    out: Annotated[Path, typer.Option(help="Where to write the embeddings (.safetensors, tensor 'embeddings').")],
+    file: Annotated[Path, typer.Argument(help="A UTF-8 text file, one sentence per line (blank lines are skipped).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Where to write the embeddings (.safetensors: tensor 'embeddings', and 'line' with each row's "
+            "1-based line number in FILE)."
+        ),
+    ],
     batch_size: Annotated[int, typer.Option(help="Sentences per batch.")] = 64,
     pooling: PoolingOption = None,
 ) -> None:
-    """Embed every line of FILE with a sentence encoder; writes unit-length float32 embeddings as safetensors."""
+    """Embed every non-blank line of FILE with a sentence encoder; writes unit-length float32 embeddings as
+    safetensors, with the line number of each row beside them (`line`, int64), since blank lines are skipped."""
+    import numpy as np
+
     from omnimm.deps import require
     from omnimm.files import atomic_write_bytes
     from omnimm.registry import encoders
 
     safetensors_numpy = require("safetensors.numpy", extra="torch", purpose="writing embeddings")
-    sentences = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not sentences:
+    numbered = [(n, line.strip()) for n, line in enumerate(read_utf8(file).split("\n"), 1) if line.strip()]
+    if not numbered:
         raise typer.BadParameter(f"{file}: no sentences (one per line expected)")
+    lines, sentences = np.asarray([n for n, _ in numbered], dtype=np.int64), [text for _, text in numbered]
     config = encoder_config(model, pooling)
     encoder = encoders.build(config)
     vectors = encoder.encode(sentences, batch_size=batch_size, progress=True)
     metadata = {"model": json.dumps(config.model_dump(mode="json")), "source": str(file), "count": str(len(sentences))}
-    atomic_write_bytes(out, safetensors_numpy.save({"embeddings": vectors}, metadata=metadata))
-    _console().print(f"{out}: {vectors.shape[0]} x {vectors.shape[1]} embeddings", markup=False)
+    atomic_write_bytes(out, safetensors_numpy.save({"embeddings": vectors, "line": lines}, metadata=metadata))
+    skipped = int(lines[-1]) - len(lines)
+    note = f" (lines of {file} in tensor 'line'; {skipped} blank lines skipped)" if skipped else ""
+    _console().print(f"{out}: {vectors.shape[0]} x {vectors.shape[1]} embeddings{note}", markup=False)

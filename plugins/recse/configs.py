@@ -38,6 +38,9 @@ class ReshapeConfig(ComponentConfig):
     """Token matrices are padded to this size (the training max length)."""
     out_dim: int | None = Field(None, ge=1)
     """Size of the view embedding; unset: the encoder's hidden size."""
+    shuffle: bool = False
+    """Control experiment: permute each sentence's matrix entries at random (within its tokens), so the view keeps
+    the values but loses which token relates to which. A gain that survives this is not due to the structure."""
 
 
 class ContrastiveConfig(ComponentConfig):
@@ -63,6 +66,11 @@ class ContrastiveConfig(ComponentConfig):
     """recse's reshaped view; unset: the plain framework."""
     reshape_weight: float = Field(0.1, ge=0)
     """lambda: weight of the inter-view loss (sentence embedding vs reshaped view). Open choice of value."""
+    reshape_projection: Literal["linear", "linear-tanh"] = "linear"
+    """The projection of the sentence embedding that meets the reshaped view (to `reshape.out_dim`): a linear map,
+    or Linear + Tanh (SimCSE's MLP shape; the second configuration of the benchmarks)."""
+    reshape_temperature: float | None = Field(None, gt=0)
+    """tau of the inter-view loss; unset: `temperature`."""
 
     @model_validator(mode="after")
     def _views(self) -> ContrastiveConfig:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from omnimm.errors import ConfigError, ConfigIssue
 from omnimm.sentence.sts import STSPair, read_sts_csv, read_stsb
 from omnimm_plugins.recse.configs import STSBEvaluatorConfig, STSCSVEvaluatorConfig
 
@@ -62,6 +63,45 @@ class STSCSVEvaluator:
     def __init__(self, config: STSCSVEvaluatorConfig) -> None:
         self.config = config
         self.pairs = read_sts_csv(config.path)
+        if len(self.pairs) < 2:
+            issue = ConfigIssue("", f"{len(self.pairs)} sentence pair: a correlation needs at least 2")
+            raise ConfigError([issue], source=str(config.path), title="STS data")
 
     def evaluate(self, encoder: Any) -> dict[str, float]:
         return sts_correlations(encoder, self.pairs, batch_size=self.config.batch_size)
+
+
+def embedding_geometry(
+    encoder: Any, pairs: Sequence[STSPair], *, positive_score: float = 4.0, batch_size: int = 128, seed: int = 0
+) -> dict[str, float]:
+    """Wang & Isola's alignment and uniformity of unit embeddings, and the cosine of random sentence pairs.
+
+    alignment: mean `||f(x) - f(y)||^2` over pairs scored >= `positive_score` (lower: paraphrases closer);
+    uniformity: `log mean exp(-2 ||f(x) - f(y)||^2)` over all pairs of distinct sentences (lower: more spread out);
+    random cosine: mean and standard deviation of the cosine of sentence pairs drawn at random (a mean near 1 is the
+    collapsed, anisotropic space of an untuned encoder).
+    """
+    sentences = list(dict.fromkeys(s for p in pairs for s in (p.sentence1, p.sentence2)))
+    vectors = np.asarray(_encode(encoder, sentences, batch_size), dtype=np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    row = {s: i for i, s in enumerate(sentences)}
+    positives = [p for p in pairs if p.score >= positive_score]
+    if not positives:
+        raise ValueError(f"no pair scored >= {positive_score}: alignment needs positive pairs")
+    left = vectors[[row[p.sentence1] for p in positives]]
+    right = vectors[[row[p.sentence2] for p in positives]]
+    alignment = float(((left - right) ** 2).sum(axis=1).mean())
+    cosines = vectors @ vectors.T
+    upper = np.triu_indices(len(sentences), k=1)
+    squared = np.maximum(2.0 - 2.0 * cosines[upper], 0.0)  # ||a - b||^2 of unit vectors
+    uniformity = float(np.log(np.mean(np.exp(-2.0 * squared))))
+    generator = np.random.default_rng(seed)
+    first, second = generator.integers(0, len(sentences), (2, 2000))
+    keep = first != second
+    random_cosines = cosines[first[keep], second[keep]]
+    return {
+        "alignment": alignment,
+        "uniformity": uniformity,
+        "random_cosine_mean": float(random_cosines.mean()),
+        "random_cosine_std": float(random_cosines.std()),
+    }

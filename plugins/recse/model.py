@@ -45,10 +45,12 @@ class ContrastiveModel(nn.Module):
         hidden = int(self.encoder.out_dim)
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh()) if config.train_mlp else None
         self.reshape: ReshapeView | None = None
-        self.reshape_projection: nn.Linear | None = None
+        self.reshape_projection: nn.Module | None = None
         if config.reshape is not None:
             self.reshape = ReshapeView(config.reshape, hidden_size=hidden)
-            self.reshape_projection = nn.Linear(hidden, self.reshape.out_dim)
+            projection = nn.Linear(hidden, self.reshape.out_dim)
+            tanh = config.reshape_projection == "linear-tanh"
+            self.reshape_projection = nn.Sequential(projection, nn.Tanh()) if tanh else projection
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the randomly initialised reshape tower and projection (trained at their own rate)."""
@@ -105,7 +107,8 @@ class ContrastiveModel(nn.Module):
         if self.reshape is not None and self.reshape_projection is not None:
             view = self.reshape(features, attention_mask)
             projected = self.reshape_projection(anchor)
-            inter = 0.5 * (info_nce(projected, view, tau) + info_nce(view, projected, tau))
+            tau_view = self.config.reshape_temperature or tau
+            inter = 0.5 * (info_nce(projected, view, tau_view) + info_nce(view, projected, tau_view))
             loss = loss + self.config.reshape_weight * inter
             result["inter"] = inter.detach()
         result["loss"] = loss

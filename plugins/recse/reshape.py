@@ -8,6 +8,8 @@ token `i` relates to every other token, i.e. that token's global information. A 
   adaptive average pool and a linear projection (the second tower of MCSE-style multi-view training);
 - `aggregate`: `softmax(G) x`, each token re-mixed by its interaction row, mean-pooled over the tokens and projected.
 
+With `shuffle` (a control) each sentence's entries are permuted at random before the tower.
+
 The view costs one small tower, not another pass through the encoder: it reuses the features of the first view.
 """
 
@@ -41,6 +43,16 @@ def interaction_matrix(features: torch.Tensor, mask: torch.Tensor, config: Resha
     return matrix * pair
 
 
+def shuffle_entries(matrix: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each sentence's `n x n` block of real-token entries permuted at random (padding stays zero): the control view."""
+    shuffled = matrix.clone()
+    for row, length in enumerate(mask.sum(dim=1).tolist()):
+        block = matrix[row, :length, :length].reshape(-1)
+        order = torch.randperm(block.numel(), generator=generator).to(matrix.device)
+        shuffled[row, :length, :length] = block[order].view(length, length)
+    return shuffled
+
+
 class ReshapeView(nn.Module):
     """Token features + mask -> one view embedding per sentence (`[batch, out_dim]`)."""
 
@@ -68,11 +80,15 @@ class ReshapeView(nn.Module):
             raise ValueError(f"{length} tokens exceed reshape.max_length ({self.config.max_length})")
         if self.config.tower == "aggregate":
             weights = interaction_matrix(features, mask, self.config.model_copy(update={"normalize": "softmax"}))
+            if self.config.shuffle:
+                weights = shuffle_entries(weights, mask)
             mixed = weights @ features
             valid = mask.to(features.dtype).unsqueeze(-1)
             pooled = (mixed * valid).sum(1) / valid.sum(1).clamp(min=1)
             return self.tower(pooled)
         matrix = interaction_matrix(features, mask, self.config)
+        if self.config.shuffle:
+            matrix = shuffle_entries(matrix, mask)
         pad = self.config.max_length - length
         image = nn.functional.pad(matrix, (0, pad, 0, pad)).unsqueeze(1)
         return self.tower(image)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omnimm.deps import require
+from omnimm.errors import ConfigError, ConfigIssue
 from omnimm.files import atomic_write_text
 from omnimm_plugins.recse.configs import RecseTrainConfig, SentenceSource
 
@@ -22,8 +25,28 @@ CHECKPOINTS = "checkpoints"
 METRIC = "stsb_spearman"
 
 
-def load_sentences(source: SentenceSource, *, seed: int = 0) -> list[str]:
-    """Unlabelled sentences: STS-B train sentences, script speech lines, text lines; de-duplicated, in order."""
+def normalise(text: str) -> str:
+    """The form sentences are compared in for pool hygiene: NFKC, lowercase, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def held_out_sentences(folder: str | Path) -> set[str]:
+    """Normalised sentences of an STS-B folder's dev and test splits (the splits that must stay unseen)."""
+    from omnimm.sentence.sts import read_stsb
+
+    held: set[str] = set()
+    for split in ("dev", "test"):
+        if (Path(folder) / f"sts-{split}.csv").is_file():
+            held |= {normalise(s) for p in read_stsb(folder, split) for s in (p.sentence1, p.sentence2)}
+    return held
+
+
+def load_sentences(source: SentenceSource, *, seed: int = 0, exclude_stsb: Sequence[str | Path] = ()) -> list[str]:
+    """Unlabelled sentences: STS-B train sentences, script speech lines, text lines; de-duplicated, in order.
+
+    Every sentence of the dev and test splits of `source.stsb` and of each `exclude_stsb` folder is dropped (compared
+    normalised): STS-B's splits share sentences, and the script or text may quote them too.
+    """
     sentences: list[str] = []
     if source.stsb:
         from omnimm.sentence.sts import read_stsb
@@ -34,7 +57,10 @@ def load_sentences(source: SentenceSource, *, seed: int = 0) -> list[str]:
     if source.text:
         text = Path(source.text).read_text(encoding="utf-8")
         sentences += [line.strip() for line in text.splitlines() if line.strip()]
-    unique = list(dict.fromkeys(sentences))
+    held: set[str] = set()
+    for folder in {str(f) for f in (source.stsb, *exclude_stsb) if f}:
+        held |= held_out_sentences(folder)
+    unique = [s for s in dict.fromkeys(sentences) if normalise(s) not in held]
     if source.limit is not None and len(unique) > source.limit:
         unique = random.Random(seed).sample(unique, source.limit)
     if len(unique) < 2:
@@ -63,7 +89,11 @@ def train(config: RecseTrainConfig, *, progress: bool = True) -> TrainResult:
     from omnimm_plugins.recse.model import ContrastiveModel, RecseCollator
 
     transformers.set_seed(config.seed)
-    sentences = load_sentences(config.data, seed=config.seed)
+    exclude = [config.eval_stsb] if config.eval_stsb else []
+    sentences = load_sentences(config.data, seed=config.seed, exclude_stsb=exclude)
+    if len(sentences) < config.batch_size:  # full batches only (in-batch negatives): not one step would run
+        message = f"{len(sentences)} training sentences, fewer than one batch ({config.batch_size}): lower batch_size"
+        raise ConfigError([ConfigIssue("batch_size", message)], title="recse training")
     contrastive = ContrastiveModel(config.model)
     output = Path(config.output_dir)
     evaluator = None

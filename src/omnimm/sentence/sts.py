@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omnimm.errors import ConfigError, ConfigIssue
+from omnimm.files import NotUTF8, decode_utf8
 
 _MAX_ISSUES = 20
 
@@ -57,7 +58,7 @@ def read_sts_csv(path: str | os.PathLike[str], *, delimiter: str | None = None) 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"STS file not found: {file}")
-    text = file.read_text(encoding="utf-8")
+    text = _read_utf8(file)
     if delimiter is None:
         try:
             delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",\t;").delimiter
@@ -89,11 +90,21 @@ def read_sts_csv(path: str | os.PathLike[str], *, delimiter: str | None = None) 
     return pairs
 
 
+# A first row is a header only when it names the columns: a sentence pair with a bad score is a malformed row.
+_SENTENCE_COLUMNS = {"sentence1", "sentence2", "sentence_1", "sentence_2", "sentence_a", "sentence_b", "s1", "s2"}
+_SENTENCE_COLUMNS |= {"text1", "text2", "text_1", "text_2", "text_a", "text_b", "sent1", "sent2"}
+_SCORE_COLUMNS = {"score", "label", "similarity", "similarity_score", "gold", "gold_score", "relatedness"}
+
+
 def _is_header(row: list[str]) -> bool:
     if len(row) != 3:
         return False
+    names = [" ".join(field.strip().lower().replace("-", "_").split()).replace(" ", "_") for field in row]
+    return names[0] in _SENTENCE_COLUMNS and names[1] in _SENTENCE_COLUMNS and names[2] in _SCORE_COLUMNS
+
+
+def _read_utf8(file: Path) -> str:
     try:
-        float(row[2])
-    except ValueError:
-        return True
-    return False
+        return decode_utf8(file.read_bytes())
+    except NotUTF8 as bad:
+        raise ConfigError([ConfigIssue("", bad.detail, bad.line)], source=str(file), title="STS data") from None
