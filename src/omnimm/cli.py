@@ -438,10 +438,17 @@ def _model_folder(source: Path) -> Path:
     from omnimm.config import load_config
     from omnimm.errors import ConfigError, ConfigIssue
     from omnimm.run import RunConfig
+    from omnimm.videollm.model import restore_interrupted_save
 
+    restored = restore_interrupted_save(source)  # a save killed between its renames: its complete copy
+    if restored is not None:
+        return restored
     if source.is_dir():
         if (source / "config.json").is_file():
             return source
+        for stage in source.iterdir():
+            if stage.is_dir():
+                restore_interrupted_save(stage / "final")
         finals = sorted(source.glob("*/final/config.json"), key=lambda p: p.stat().st_mtime)
         if finals:
             return finals[-1].parent
@@ -454,6 +461,7 @@ def _model_folder(source: Path) -> Path:
             [ConfigIssue("train", "a run file without `train:` has no trained model")], source=str(source)
         )
     folder = Path(run.train.output_dir) / run.train.stages[-1].name / "final"
+    folder = restore_interrupted_save(folder) or folder
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{source}: the run has no trained model yet ({folder} is missing; omnimm train {source})"
@@ -545,26 +553,37 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    device: Annotated[
+        str,
+        typer.Option(help="auto (a GPU when there is one: cuda:LOCAL_RANK under torchrun), cpu, cuda or cuda:N."),
+    ] = "auto",
 ) -> None:
-    """Answer every item of a dataset with a trained model, score the replies, write predictions and metrics."""
+    """Answer every item of a dataset with a trained model, score the replies, write predictions and metrics.
+
+    Under `torchrun --nproc_per_node N -m omnimm eval ...` the N processes share the batches; the first one
+    writes the files and prints the table, identical to a single process's."""
     from omnimm.registry import datasets
-    from omnimm.videollm.evaluate import METRICS_FILE, PREDICTIONS_FILE, evaluate
+    from omnimm.videollm.evaluate import METRICS_FILE, PREDICTIONS_FILE, distributed, evaluate
 
     folder = _model_folder(model_path)
     scorers = {_evaluator_label(spec): _evaluator(spec) for spec in evaluator}
-    model = _load_model(folder)
-    dataset = datasets.build(_dataset_config(data), processor=model.processor)
-    out = output or folder / "eval"
-    result = evaluate(
-        model,
-        dataset,
-        scorers,
-        output=out,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        limit=limit,
-        progress=progress,
-    )
+    target = _eval_device(device)
+    with distributed() as (rank, _):
+        model = _load_model(folder).to(target)
+        dataset = datasets.build(_dataset_config(data), processor=model.processor)
+        out = output or folder / "eval"
+        result = evaluate(
+            model,
+            dataset,
+            scorers,
+            output=out,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            limit=limit,
+            progress=progress,
+        )
+    if rank != 0:  # the first process speaks for all
+        return
     for name, metrics in result.metrics.items():
         if not name.startswith("_"):
             stdout.print(_metrics_table(name, metrics))
@@ -572,6 +591,20 @@ def eval_command(
     stdout.print(
         f"{len(result.predictions)} answers{skipped}: {out / PREDICTIONS_FILE}, {out / METRICS_FILE}", markup=False
     )
+
+
+def _eval_device(device: str) -> Any:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # one GPU per process under torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(torch.cuda.device_count(), 1)}"
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        stderr.print(f"error: --device: '{device}' is not a device (auto, cpu, cuda or cuda:N)", markup=False)
+        raise typer.Exit(2) from None
 
 
 def _evaluator_label(spec: str) -> str:
@@ -637,6 +670,91 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
+# -- serving -----------------------------------------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve_command(
+    model_path: Annotated[
+        Path | None, typer.Argument(metavar="MODEL", help="A saved model folder or a run file (not with --character).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; other than loopback only with --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one; the address is printed).")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require `Authorization: Bearer KEY` on the API.", envvar="OMNIMM_SERVE_API_KEY")
+    ] = None,
+    allow_files: Annotated[
+        Path | None, typer.Option(help="A folder whose files requests may name by path (nothing else is readable).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The model name clients ask for (default: the folder's).")] = None,
+    character: Annotated[
+        Path | None, typer.Option(help="Serve a character folder answering in role (a plugin's mode), with --llm.")
+    ] = None,
+    llm: Annotated[Path | None, typer.Option(help="The LLM config file a --character answers with.")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most requests answered by one generate call.")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more requests.")] = 10.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting beyond this are answered 503.")] = 64,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Larger request bodies are answered 413.")] = 32.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may wait and generate in all.")] = 120.0,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Reply length when a request does not say.")] = 128,
+) -> None:
+    """Serve a trained model over an OpenAI-compatible API (`/v1/chat/completions`), with a web page at `/`."""
+    from omnimm.serve.app import ServeSettings, binding_problem, serve
+
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        api_key=api_key,
+        allow_files=allow_files,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        timeout_s=timeout,
+        default_max_tokens=max_tokens,
+    )
+    problem = binding_problem(settings)
+    if problem is not None:
+        stderr.print(f"error: {problem}", markup=False)
+        raise typer.Exit(2)
+    if allow_files is not None and not allow_files.is_dir():
+        raise FileNotFoundError(f"--allow-files {allow_files}: not a folder")
+    if (character is None) == (model_path is None):
+        stderr.print("error: give a MODEL folder, or --character DIR (not both)", markup=False)
+        raise typer.Exit(2)
+    if character is not None:
+        backend = _serve_mode("character", character, {"llm": llm, "name": name})
+    else:
+        from omnimm.serve.backends import VideoLLMBackend
+
+        assert model_path is not None
+        folder = _model_folder(model_path)
+        backend = VideoLLMBackend(_load_model(folder), name or _served_name(model_path, folder), max_batch=max_batch)
+    serve(backend, settings, announce=lambda text: print(text, flush=True))
+
+
+def _served_name(source: Path, folder: Path) -> str:
+    """A saved folder's own name; a run's `final` folder is named after its run."""
+    if folder.name == "final" and folder.parent.parent.name:
+        return folder.parent.parent.name
+    return folder.name if source.is_dir() else source.stem
+
+
+def _serve_mode(mode: str, target: Path, options: dict[str, Any]) -> Any:
+    """The backend a plugin provides for `mode` (through the `omnimm_serve_modes` hook)."""
+    import importlib
+
+    from omnimm.plugins import get_plugin_manager
+
+    modes: dict[str, str] = {}
+    for plugin, error in get_plugin_manager().call_each("omnimm_serve_modes", modes=modes).items():
+        stderr.print(f"warning: plugin '{plugin}' could not add its serving modes: {error}", markup=False)
+    if mode not in modes:
+        raise LookupError(f"no installed plugin provides the '{mode}' serving mode (`omnimm plugins` lists them)")
+    module, _, function = modes[mode].partition(":")
+    return getattr(importlib.import_module(module), function)(target, options)
+
+
 # -- entry point -------------------------------------------------------------------------------------------------
 
 _plugin_commands_added = False
@@ -663,8 +781,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Errors from bad input print as one clear line (set OMNIMM_DEBUG=1 for the traceback)."""
     from omnimm.errors import ConfigError, OmnimmError
 
-    command = typer.main.get_command(get_app())
     try:
+        command = typer.main.get_command(get_app())  # loads the plugins: Ctrl-C there is an interrupt too
         command.main(args=argv, prog_name="omnimm", standalone_mode=True)
     except KeyboardInterrupt:
         stderr.print("interrupted", markup=False)

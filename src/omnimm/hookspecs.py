@@ -60,3 +60,19 @@ def omnimm_cli(app: Any) -> None:
         app: the root `typer.Typer`; add a group with `app.add_typer(my_app, name="mything")` or a command
             with `app.command("mything")(function)`. Import heavy modules inside the command functions.
     """
+
+
+@hookspec
+def omnimm_serve_modes(modes: dict[str, Any]) -> None:
+    """Add ways for `omnimm serve` to answer besides a saved model (e.g. `--character DIR`: a character in role).
+
+    Set `modes[name] = "package.module:factory"` (a string, so nothing is imported until the mode is used). The
+    factory is called as `factory(target, options)`: `target` is the path given to the mode's option, `options` a
+    dict of the command's other choices (`llm`: an LLM config file or None, `name`: the model name to serve under,
+    or None). It returns an object with `name`, `mode`, `max_batch`, `prepare(conversation)` and
+    `generate(prepared, options, sinks)`, as `omnimm.serve.backends.Backend` describes; bad input raises one of the
+    errors the command line reports in one line (`ValueError`, `OSError`, ...).
+
+    Args:
+        modes: mode name -> `"module:function"`; the core's `serve` command offers `character`.
+    """
