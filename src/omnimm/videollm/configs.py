@@ -130,6 +130,9 @@ class VideoLLMConfig(ComponentConfig):
     (wildcards ok). Training stages set trainability themselves."""
     lora: LoRASettings | None = None
     """LoRA adapters on the LLM that travel with the model (set by training with `lora.merge: false`)."""
+    feature_cache: str | None = None
+    """A folder for the outputs of frozen encoders (one safetensors file per clip and encoder setting), so that a
+    stage where they do not learn runs them once per video, not once per epoch. Not saved with the model."""
 
     @model_validator(mode="before")
     @classmethod

@@ -2,13 +2,20 @@
 
 Each dataset item is a conversation whose last assistant turn is the reference; the turns before it are the prompt.
 Unreadable media are skipped and counted, never fatal.
+
+Under `torchrun` (a `torch.distributed` process group), the processes share the work by whole batches: batch `b`
+(items `b * batch_size ...`) goes to process `b % world_size`, so every item is answered in the same batch, with the
+same padding, as in one process. The answers are gathered in the dataset's order on every process; the first one
+scores them and writes the files. The result is the one a single process gives.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,9 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class EvalResult:
+    """What `evaluate` returns: the predictions in the dataset's order, each evaluator's metrics by name (plus
+    `_run`: counts), and the items skipped (media or item -> why)."""
+
     predictions: list[Prediction]
     metrics: dict[str, Any]
     skipped: dict[str, str] = field(default_factory=dict)
@@ -50,6 +60,36 @@ def _question(prompt: Sequence[tuple[str, str]]) -> str:
     return next(text for role, text in reversed(prompt) if normalise_role(role) == "user")
 
 
+def process_group() -> tuple[int, int]:
+    """This process's rank and the number of processes of the `torch.distributed` group; `(0, 1)` without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextmanager
+def distributed() -> Iterator[tuple[int, int]]:
+    """Join the process group that `torchrun` describes (`WORLD_SIZE` > 1) for the duration, with gloo: only small
+    Python objects travel between the processes, wherever the model runs. Yields `(rank, world_size)`; a group
+    that already exists is used as it is and left open."""
+    dist = torch.distributed
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+        started = True
+    try:
+        yield process_group()
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def batch_starts(count: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """First item of each batch process `rank` answers: batch `b` of the `count` items goes to `b % world_size`."""
+    return list(range(0, count, batch_size))[rank::world_size]
+
+
 def predict(
     model: Any,
     dataset: Any,
@@ -62,43 +102,79 @@ def predict(
     **generate_options: Any,
 ) -> tuple[list[Prediction], dict[str, str]]:
     """Generate a reply for every item of `dataset` (a `MediaDataset`); returns the predictions and the skipped
-    items (path -> reason)."""
-    processor = model.processor
+    items (path -> reason), in the dataset's order. Inside a `torch.distributed` group each process answers its
+    share of the batches (see the module's docs) and every process returns the whole result; `on_batch(done,
+    total)` then counts this process's items."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    predictions: list[Prediction] = []
-    skipped: dict[str, str] = {}
+    rank, world_size = process_group()
+    starts = batch_starts(count, batch_size, rank, world_size)
+    total = sum(min(batch_size, count - start) for start in starts)
+    answered: list[tuple[int, Prediction]] = []
+    failed: list[tuple[int, str, str]] = []
     model.eval()
-    with _progress(progress, count) as advance, torch.no_grad():
-        for start in range(0, count, batch_size):
-            pending = []
-            for index in range(start, min(start + batch_size, count)):
-                media, turns = dataset.item(index)
-                try:
-                    prompt, reference = _split_reference(turns)
-                    clip = dataset.read_clip(media) if media is not None else None
-                    pixels = dataset.pixel_values(media, clip)
-                    example = processor.encode(prompt, clip, for_generation=True, pixel_values=pixels)
-                except (MediaError, ValueError) as error:
-                    skipped[media or f"item {index}"] = str(error)
-                    continue
-                meta = dataset.meta(index) if hasattr(dataset, "meta") else {}
-                item_id = str(meta.get("id", index))
-                question = _question(prompt)
-                pending.append((Prediction(item_id, question, "", reference, media, meta), example))
-            if pending:
-                batch = processor.collate([example for _, example in pending], padding_side="left")
-                batch.pop("labels")
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_options)
-                for (prediction, _), ids in zip(pending, generated, strict=True):
-                    prediction.reply = model.decode(ids)
-                    predictions.append(prediction)
-            done = min(start + batch_size, count)
-            advance(done - start)
+    done = 0
+    with _progress(progress and rank == 0, total) as advance, torch.no_grad():
+        for start in starts:
+            indices = range(start, min(start + batch_size, count))
+            answered += _answer_batch(model, dataset, indices, failed, max_new_tokens, generate_options)
+            done += len(indices)
+            advance(len(indices))
             if on_batch is not None:
-                on_batch(done, count)
-    if skipped:
+                on_batch(done, total)
+    if world_size > 1:
+        answered, failed = _gather(answered, failed, world_size)
+    predictions = [prediction for _, prediction in answered]
+    skipped = {where: reason for _, where, reason in failed}
+    if skipped and rank == 0:
         log.warning("%d item(s) skipped (unreadable media or too long): %s", len(skipped), sorted(skipped)[:5])
     return predictions, skipped
+
+
+def _answer_batch(
+    model: Any,
+    dataset: Any,
+    indices: range,
+    failed: list[tuple[int, str, str]],
+    max_new_tokens: int,
+    generate_options: Mapping[str, Any],
+) -> list[tuple[int, Prediction]]:
+    """Replies to the items `indices` as one batch, with their positions; items that cannot be used go to
+    `failed` as `(position, media, reason)`."""
+    processor = model.processor
+    pending = []
+    for index in indices:
+        media, turns = dataset.item(index)
+        try:
+            prompt, reference = _split_reference(turns)
+            clip = dataset.read_clip(media) if media is not None else None
+            pixels = dataset.pixel_values(media, clip)
+            example = processor.encode(prompt, clip, for_generation=True, pixel_values=pixels)
+        except (MediaError, ValueError) as error:
+            failed.append((index, media or f"item {index}", str(error)))
+            continue
+        meta = dataset.meta(index) if hasattr(dataset, "meta") else {}
+        prediction = Prediction(str(meta.get("id", index)), _question(prompt), "", reference, media, meta)
+        pending.append((index, prediction, example))
+    if not pending:
+        return []
+    batch = processor.collate([example for _, _, example in pending], padding_side="left")
+    batch.pop("labels")
+    generated = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_options)
+    for (_, prediction, _), ids in zip(pending, generated, strict=True):
+        prediction.reply = model.decode(ids)
+    return [(index, prediction) for index, prediction, _ in pending]
+
+
+def _gather(
+    answered: list[tuple[int, Prediction]], failed: list[tuple[int, str, str]], world_size: int
+) -> tuple[list[tuple[int, Prediction]], list[tuple[int, str, str]]]:
+    """Every process's answers and failures, merged in the dataset's order (positions are unique across
+    processes: each batch belongs to one)."""
+    shares: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(shares, (answered, failed))
+    merged_answers = sorted((item for share, _ in shares for item in share), key=lambda item: item[0])
+    merged_failures = sorted((item for _, share in shares for item in share), key=lambda item: item[0])
+    return merged_answers, merged_failures
 
 
 def score(predictions: Sequence[Prediction], evaluators: Mapping[str, AnswerEvaluator]) -> dict[str, Any]:
@@ -115,9 +191,28 @@ def evaluate(
     **options: Any,
 ) -> EvalResult:
     """Predict, score, and (with `output`) write `predictions.jsonl` and `metrics.json` there, atomically. The
-    predictions are written before scoring, so an evaluator that fails loses none of the generated answers."""
+    predictions are written before scoring, so an evaluator that fails loses none of the generated answers.
+
+    Inside a `torch.distributed` group, the processes share the answering; the first one scores and writes, and
+    every process returns its result."""
     predictions, skipped = predict(model, dataset, **options)
-    folder = Path(output) if output is not None else None
+    rank, world_size = process_group()
+    metrics: dict[str, Any] = {}
+    if rank == 0:
+        metrics = _score_and_write(predictions, skipped, evaluators, Path(output) if output is not None else None)
+    if world_size > 1:  # what the evaluators parsed and scored, for every process
+        shared = [predictions, metrics]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        predictions, metrics = shared
+    return EvalResult(predictions, metrics, skipped)
+
+
+def _score_and_write(
+    predictions: Sequence[Prediction],
+    skipped: Mapping[str, str],
+    evaluators: Mapping[str, AnswerEvaluator],
+    folder: Path | None,
+) -> dict[str, Any]:
     if folder is not None:
         _write_predictions(folder / PREDICTIONS_FILE, predictions)
     metrics = score(predictions, evaluators)
@@ -125,7 +220,7 @@ def evaluate(
     if folder is not None:
         _write_predictions(folder / PREDICTIONS_FILE, predictions)  # again: with what the evaluators parsed
         atomic_write_text(folder / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    return EvalResult(predictions, metrics, skipped)
+    return metrics
 
 
 def _write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:

@@ -32,6 +32,7 @@ from omnimm.training.configs import LoRASettings
 from omnimm.video import VideoClip
 from omnimm.videollm.configs import VideoLLMConfig, VisualGroupTokens
 from omnimm.videollm.connector import check_connector_class
+from omnimm.videollm.feature_cache import FeatureCache, frozen
 from omnimm.videollm.groups import MASK, TokenGroup, group_ref
 from omnimm.videollm.processor import IGNORE_INDEX, VideoLLMProcessor
 
@@ -102,6 +103,8 @@ class VideoLLM(nn.Module):
             ignored_ids=self.layout.all_ids(),
             max_length=self.max_length,
         )
+        self.feature_cache: FeatureCache | None = None
+        self.use_feature_cache(config.feature_cache)
         self.requires_grad_(True)
         if config.lora is not None:  # peft leaves only the adapters trainable in the LLM
             self.add_lora(**config.lora.model_dump(exclude={"merge"}))
@@ -156,8 +159,7 @@ class VideoLLM(nn.Module):
             if len(clips) != len(samples):
                 raise ValueError(f"pixel_values['{key}'] has {len(clips)} clips, other encoders {len(samples)}")
             lengths = [_frame_count(clip) for clip in clips]
-            inputs = _to(_concat(clips), self._device(), self._vision_dtype(encoder))
-            groups, mask = _split_output(key, encoder, encoder(inputs))
+            groups, mask = self._encoder_output(key, encoder, clips)
             for name, tokens in groups.items():
                 standardize = self.standardizers[key][name] if self.standardizers is not None else None
                 for sample, piece in zip(samples, tokens.split(lengths), strict=True):
@@ -166,6 +168,29 @@ class VideoLLM(nn.Module):
                 for sample, piece in zip(samples, mask.split(lengths), strict=True):
                     sample[1][key] = piece
         return samples
+
+    def _encoder_output(self, key: str, encoder: nn.Module, clips: list[Any]) -> tuple[dict[str, torch.Tensor], Any]:
+        """One encoder's groups over the clips' frames; a frozen encoder runs without autograd, through the feature
+        cache when there is one."""
+
+        def run(chosen: list[Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+            return _split_output(key, encoder, encoder(_to(_concat(chosen), device, self._vision_dtype(encoder))))
+
+        device = self._device()
+        if not frozen(encoder):
+            return run(clips)
+        with torch.no_grad():
+            if self.feature_cache is None:
+                return run(clips)
+            groups = _token_groups(key, encoder)
+            return self.feature_cache.encode(self.config.encoders[key], encoder, clips, groups, run, device)
+
+    def use_feature_cache(self, folder: str | os.PathLike[str] | None) -> FeatureCache | None:
+        """Cache the outputs of frozen encoders in `folder` (see `omnimm.videollm.feature_cache`); None turns the
+        cache off. The model config's `feature_cache` does this when the model is built."""
+        sampling = self.config.frames.model_dump(mode="json")
+        self.feature_cache = FeatureCache(folder, sampling=sampling) if folder is not None else None
+        return self.feature_cache
 
     def connect(
         self, pixel_values: Mapping[str, Sequence[Any]]
@@ -408,7 +433,7 @@ class VideoLLM(nn.Module):
         safetensors_torch = require("safetensors.torch", extra="torch", purpose="saving a model")
         target = Path(folder)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _restore(target)  # the previous version back in place before anything is removed
+        restore_interrupted_save(target)  # the previous version back in place before anything is removed
         for path in remove_leftovers(target):
             log.info("%s: removed %s, left by a save that did not finish", target, path.name)
         staging = staging_folder(target)
@@ -418,7 +443,8 @@ class VideoLLM(nn.Module):
             llm = self.config.llm.model_copy(
                 update={"path": LLM_FOLDER, "config": {}, "tokenizer": None, "gguf_file": None, "load_weights": False}
             )
-            saved = self.config.without_weights().model_copy(update={"llm": llm})
+            # The cache folder is this machine's: a loaded model never writes there unless asked again.
+            saved = self.config.without_weights().model_copy(update={"llm": llm, "feature_cache": None})
             atomic_write_text(staging / CONFIG_FILE, json.dumps({"omnimm": saved.to_dict()}, indent=2) + "\n")
             # Written last, under its own name only once complete: its presence marks the folder complete.
             partial = staging / f".{WEIGHTS_FILE}.tmp"
@@ -483,7 +509,7 @@ def saved_folder_problem(folder: Path) -> str | None:
     return safetensors_problem(folder / WEIGHTS_FILE)
 
 
-def _restore(target: Path) -> Path | None:
+def restore_interrupted_save(target: Path) -> Path | None:
     """Put a killed save's complete copy back where `target` belongs (see `omnimm.files.restore_folder`), saying
     so; returns the folder to read, None when nothing was restored."""
     restored = restore_folder(target, saved_folder_problem)
@@ -495,7 +521,7 @@ def _restore(target: Path) -> Path | None:
 
 def _readable_folder(target: Path) -> Path:
     """The folder to load: `target`, or the complete copy a killed save left when `target` is missing."""
-    restored = _restore(target)
+    restored = restore_interrupted_save(target)
     if restored is not None:
         return restored
     if not (target / CONFIG_FILE).is_file():
