@@ -104,7 +104,8 @@ def load(url: str, clip: Path, clients: int, requests: int) -> dict[str, Any]:
 def measure(folder: Path, clip: Path, args: list[str], quick: bool) -> dict[int, dict[str, Any]]:
     process, url = start(folder, *args)
     try:
-        return {c: load(url, clip, c, max(8, (2 if quick else 4) * c)) for c in CONCURRENCY}
+        # p99 needs enough requests to mean something: at least 64 per setting (16 with --quick)
+        return {c: load(url, clip, c, max(16 if quick else 64, (2 if quick else 8) * c)) for c in CONCURRENCY}
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -284,3 +284,48 @@ def test_a_character_answers_in_role_with_its_scenes(tmp_path):
             assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("reply 2")
         finally:
             stop(running)
+
+
+def test_generation_options_reach_the_model(server, demo):
+    _, clip = demo
+    client = server.client(max_retries=0)
+    whole = client.chat.completions.create(model="valley", messages=[video_message(clip)], max_tokens=8)
+    text = whole.choices[0].message.content
+    words = text.split()
+    assert len(words) >= 3, text
+    stop = f" {words[2]}"
+    expected = text[: text.index(stop)]
+    cut = client.chat.completions.create(model="valley", messages=[video_message(clip)], max_tokens=8, stop=[stop])
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == (expected, "stop")
+    streamed = client.chat.completions.create(
+        model="valley", messages=[video_message(clip)], max_tokens=8, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+
+    def sampled(seed: int) -> str:
+        reply = client.chat.completions.create(
+            model="valley", messages=[video_message(clip)], max_tokens=8, temperature=1.5, top_p=0.95, seed=seed
+        )
+        return reply.choices[0].message.content
+
+    assert sampled(3) == sampled(3) != text  # sampling took place, reproducibly for one seed
+    for field, value in (("top_p", 3), ("temperature", -1), ("max_tokens", 0)):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="valley", messages=[video_message(clip)], **{field: value})
+        assert refused.value.body["param"] == field, refused.value.body
+
+
+def test_a_request_past_its_deadline_gets_504(demo):
+    folder, clip = demo
+    running = start_server(folder, "--timeout", "0.3")
+    try:
+        body = {"model": "valley", "messages": [video_message(clip)], "max_tokens": 400}
+        late = httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=60)
+        assert late.status_code == 504, late.text
+        assert late.json()["error"]["code"] == "timeout" and "0.3 s" in late.json()["error"]["message"]
+        streamed = httpx.post(f"{running.url}/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+        events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert json.loads(events[-1])["error"]["code"] == "timeout"  # the stream ends with the error event
+        assert httpx.get(f"{running.url}/health", timeout=10).json()["queue"] == 0
+    finally:
+        stop(running)

@@ -70,3 +70,34 @@ def test_upload_a_clip_ask_and_read_the_streamed_answer(browser, tmp_path):
             atomic_write_bytes(os.environ["OMNIMM_SCREENSHOT"], shot)
     finally:
         stop(server)
+
+
+def test_a_character_answers_on_the_page_with_its_scenes_beside_the_reply(browser, tmp_path):
+    from omnimm import encoders
+    from omnimm_plugins.haruhi.character import character_from_script
+
+    from .openai_server import openai_server
+
+    script = tmp_path / "romeo.txt"
+    script.write_text("ROMEO:\nBut, soft! what light through yonder window breaks?\n\nJULIET:\nAy me!\n")
+    character = character_from_script(script, "ROMEO", window=3, language="en")
+    character.save(tmp_path / "character")
+    character.index(built_encoder=encoders.build({"name": "hf/sentence-encoder"}))
+    with openai_server() as llm:
+        config = tmp_path / "llm.yaml"
+        config.write_text(f"name: openai/chat\nbase_url: {llm.url}\nmodel: tiny\napi_key_env: null\n")
+        server = start_server("--character", tmp_path / "character", "--llm", config)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 720})
+            page.goto(server.url + "/", timeout=30_000)
+            page.wait_for_function("document.getElementById('model').textContent.includes('ROMEO (character)')")
+            assert page.text_content("#side-title") == "Retrieved scenes"
+            page.fill("#question", "What light is that?")
+            page.click("#ask")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('done')", timeout=60_000)
+            assert page.text_content(".turn.assistant").strip().startswith("reply 1 to:")
+            scenes = page.locator("#scenes li")
+            assert scenes.count() >= 1 and "yonder window" in scenes.first.text_content()
+            assert "score" in scenes.first.text_content()
+        finally:
+            stop(server)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omnimm.errors import BackendError
-from omnimm.serve.backends import Completion, GenerationOptions, Sink, cut_at_stops
+from omnimm.serve.backends import Cancelled, Completion, GenerationOptions, Sink, cut_at_stops
 from omnimm.serve.media import Conversation
 from omnimm.serve.schemas import APIError
 
@@ -50,9 +50,20 @@ class CharacterBackend:
         return _Turn(history, turns[-1][1])
 
     def generate(
-        self, prepared: Sequence[_Turn], options: GenerationOptions, sinks: Sequence[Sink | None]
+        self,
+        prepared: Sequence[_Turn],
+        options: GenerationOptions,
+        sinks: Sequence[Sink | None],
+        cancelled: Cancelled | None = None,
     ) -> list[Completion]:
-        return [self._answer(turn, options, sink) for turn, sink in zip(prepared, sinks, strict=True)]
+        """One LLM call per conversation (the character's backend answers one at a time); a batch nobody waits for
+        any more is not started."""
+        answers = []
+        for turn, sink in zip(prepared, sinks, strict=True):
+            if cancelled is not None and cancelled():
+                raise APIError(504, "no client waits for this answer any more", code="timeout")
+            answers.append(self._answer(turn, options, sink))
+        return answers
 
     def _answer(self, turn: _Turn, options: GenerationOptions, sink: Sink | None) -> Completion:
         session = self.session

@@ -236,8 +236,9 @@ def create_app(backend: Backend, settings: ServeSettings) -> Any:
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
         except TimeoutError:
-            future.cancel()
             raise APIError(504, f"no answer within {settings.timeout_s:g} s (--timeout)", code="timeout") from None
+        finally:
+            future.cancel()  # timed out or the handler was cancelled: nobody waits (a no-op once answered)
         metrics.requests.labels(status="200").inc()
         metrics.tokens.inc(result.completion_tokens)
         metrics.latency.observe(time.monotonic() - started)

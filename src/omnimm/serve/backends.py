@@ -5,8 +5,9 @@ prepared ones that share their options. `VideoLLMBackend` serves a saved video/i
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,6 +17,9 @@ from omnimm.serve.schemas import APIError, ChatRequest
 
 Sink = Callable[[str], None]
 """Receives the reply's text as it grows (one delta per call), from the generating thread."""
+
+Cancelled = Callable[[], bool]
+"""True once nobody waits for any row of the batch (every client timed out or went away): stop generating."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,14 @@ class Backend(Protocol):
         """Read the media and tokenise (runs in a worker thread); `APIError` for what the request got wrong."""
 
     def generate(
-        self, prepared: Sequence[Any], options: GenerationOptions, sinks: Sequence[Sink | None]
+        self,
+        prepared: Sequence[Any],
+        options: GenerationOptions,
+        sinks: Sequence[Sink | None],
+        cancelled: Cancelled | None = None,
     ) -> list[Completion]:
-        """Answer each prepared conversation; `sinks[i]`, when given, receives row i's text as it is generated."""
+        """Answer each prepared conversation; `sinks[i]`, when given, receives row i's text as it is generated.
+        `cancelled()`, when given, turns true once no row is awaited: a backend should stop early where it can."""
 
 
 class StopFilter:
@@ -146,6 +155,33 @@ class _StopStrings:
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+class _Abandoned:
+    """Stopping criterion: every row is done once nobody waits for the batch."""
+
+    def __init__(self, cancelled: Cancelled) -> None:
+        self.cancelled = cancelled
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancelled(), dtype=torch.bool, device=input_ids.device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: Any) -> Iterator[None]:
+    """Sample from `seed` without touching the process's random state (other requests' sampling goes on as if this
+    request had not been served)."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    devices = [device] if getattr(device, "type", None) == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 @dataclass
 class _Prepared:
     example: Any
@@ -180,24 +216,28 @@ class VideoLLMBackend:
         return _Prepared(example, len(example.input_ids))
 
     def generate(
-        self, prepared: Sequence[_Prepared], options: GenerationOptions, sinks: Sequence[Sink | None]
+        self,
+        prepared: Sequence[_Prepared],
+        options: GenerationOptions,
+        sinks: Sequence[Sink | None],
+        cancelled: Cancelled | None = None,
     ) -> list[Completion]:
-        import torch
-
         model = self.model
         batch = model.processor.collate([p.example for p in prepared], padding_side="left")
         batch.pop("labels")
         kwargs: dict[str, Any] = {"max_new_tokens": options.max_tokens}
         if options.temperature > 0:
             kwargs.update(do_sample=True, temperature=options.temperature, top_p=options.top_p)
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
+        criteria: list[Any] = [_Abandoned(cancelled)] if cancelled is not None else []
         if options.stop:
-            kwargs["stopping_criteria"] = [_StopStrings(options.stop, model.llm.tokenizer, 0)]
+            criteria.append(_StopStrings(options.stop, model.llm.tokenizer, 0))
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
         filters = [StopFilter(options.stop, sink) for sink in sinks]
         if any(sink is not None for sink in sinks):
             kwargs["streamer"] = _BatchStreamer(model, filters)
-        new = model.generate(**batch, **kwargs)
+        with _seeded(options.seed, model._device()):
+            new = model.generate(**batch, **kwargs)
         return [self._completion(new[row], p, options, filters[row]) for row, p in enumerate(prepared)]
 
     def _completion(self, ids: Any, prepared: _Prepared, options: GenerationOptions, stream: StopFilter) -> Completion:

@@ -2,7 +2,9 @@
 
 The thread takes the oldest waiting request, waits up to `wait_s` for others with the same options (up to
 `max_batch`), and generates for them at once; requests with other options wait for the next round, in order. A
-full queue refuses at once (`APIError` 503), so a burst never grows memory or latency without bound.
+request with a `seed` is answered alone, so that its reply depends on its seed and conversation only, not on which
+requests happened to share its batch. A full queue refuses at once (`APIError` 503), so a burst never grows memory
+or latency without bound; a batch nobody waits for any more (every client timed out or left) stops generating.
 """
 
 from __future__ import annotations
@@ -22,12 +24,25 @@ from omnimm.serve.schemas import APIError
 log = logging.getLogger("omnimm.serve")
 
 
+class Ticket(Future[Completion]):
+    """A queued request's `Completion`. `cancel()` drops a request still waiting; on one already generating it
+    marks it abandoned, and a batch whose every request is abandoned stops early."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def cancel(self) -> bool:
+        self.abandoned.set()
+        return super().cancel()
+
+
 @dataclass
 class Job:
     prepared: Any
     options: GenerationOptions
     sink: Sink | None
-    future: Future[Completion] = field(default_factory=Future)
+    future: Ticket = field(default_factory=Ticket)
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -49,7 +64,6 @@ class Batcher:
         self.wait_s = wait_s
         self.on_batch = on_batch
         self.queue: deque[Job] = deque()
-        self.busy = False
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="omnimm-serve-generate", daemon=True)
@@ -59,8 +73,8 @@ class Batcher:
         with self._cond:
             return len(self.queue)
 
-    def submit(self, prepared: Any, options: GenerationOptions, sink: Sink | None = None) -> Future[Completion]:
-        """Queue one request; its future gives the `Completion` (cancel it to drop a request still waiting)."""
+    def submit(self, prepared: Any, options: GenerationOptions, sink: Sink | None = None) -> Ticket:
+        """Queue one request; its future gives the `Completion` (cancel it when the answer is no longer wanted)."""
         job = Job(prepared, options, sink)
         with self._cond:
             if self._closed:
@@ -102,13 +116,12 @@ class Batcher:
                 return []  # timed out or abandoned while waiting
             jobs = [first]
             deadline = time.monotonic() + self.wait_s
-            while len(jobs) < self.max_batch:
+            while len(jobs) < self.max_batch and first.options.seed is None:
                 jobs += self._take_matching(first.options, self.max_batch - len(jobs))
                 left = deadline - time.monotonic()
                 if len(jobs) >= self.max_batch or left <= 0:
                     break
                 self._cond.wait(left)
-            self.busy = True
             return jobs
 
     def _take_matching(self, options: GenerationOptions, limit: int) -> list[Job]:
@@ -126,7 +139,12 @@ class Batcher:
         try:
             if self.on_batch is not None:
                 self.on_batch(len(jobs))
-            results = self.backend.generate([j.prepared for j in jobs], jobs[0].options, [j.sink for j in jobs])
+            results = self.backend.generate(
+                [j.prepared for j in jobs],
+                jobs[0].options,
+                [j.sink for j in jobs],
+                cancelled=lambda: all(j.future.abandoned.is_set() for j in jobs),
+            )
         except APIError as error:
             for job in jobs:
                 job.future.set_exception(error)
@@ -139,6 +157,3 @@ class Batcher:
             for job, result in zip(jobs, results, strict=True):
                 result.extra.setdefault("batch_size", len(jobs))
                 job.future.set_result(result)
-        finally:
-            with self._cond:
-                self.busy = False
