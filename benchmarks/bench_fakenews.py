@@ -6,8 +6,9 @@ human-legacy and machine-dominance phases.
 Every setting of a detector sees the same seeds (split, subclass orders, detector seed), so settings are compared
 paired over seeds; a finding is reproduced only when its 95% paired-bootstrap interval excludes no effect.
 
-Plots go to docs/plugins/ (one figure per detector), full tables to benchmarks/results/fakenews-<detector>.json, and
-the findings table is written into docs/plugins/fakenews.md between its `results` markers, from those JSON files.
+Plots go to docs/plugins/ (one figure per detector), full tables to benchmarks/results/fakenews-<detector>.json, the
+ids of every split and mixture to benchmarks/results/fakenews-mixtures.json, and the findings table is written into
+docs/plugins/fakenews.md between its `results` markers, from those JSON files.
 Sweeps resume: finished grid points are kept under $OMNIMM_BENCH_CACHE (default ~/.cache/omnimm/bench).
 """
 
@@ -49,24 +50,32 @@ LABELS = {
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def sweep(
-    name: str, detector: dict[str, Any], seeds: list[int], shares: list[float], phases: list[str]
-) -> dict[str, Any]:
-    from omnimm.files import atomic_write_text
-    from omnimm_plugins.fakenews.configs import SweepConfig
-    from omnimm_plugins.fakenews.sweep import run_sweep
+MIXTURES = HERE / "results" / "fakenews-mixtures.json"
 
-    folder = CACHE / f"fakenews-{name}"
-    config = SweepConfig.model_validate(
+
+def sweep_config(name: str, detector: dict[str, Any], seeds: list[int], shares: list[float], phases: list[str]) -> Any:
+    from omnimm_plugins.fakenews.configs import SweepConfig
+
+    return SweepConfig.model_validate(
         {
             "data": str(DATA),
-            "output_dir": str(folder),
+            "output_dir": str(CACHE / f"fakenews-{name}"),
             "seeds": seeds,
             "machine_fake_shares": shares,
             "phases": phases,
             "detectors": {name: detector},
         }
     )
+
+
+def sweep(
+    name: str, detector: dict[str, Any], seeds: list[int], shares: list[float], phases: list[str]
+) -> dict[str, Any]:
+    from omnimm.files import atomic_write_text
+    from omnimm_plugins.fakenews.sweep import run_sweep
+
+    config = sweep_config(name, detector, seeds, shares, phases)
+    folder = Path(config.output_dir)
     result = run_sweep(config, log=lambda text: None, progress=False)
     DOCS.mkdir(parents=True, exist_ok=True)
     shutil.copy(folder / f"subclass-accuracy-{name}.png", DOCS / f"fakenews-{name}.png")
@@ -169,6 +178,34 @@ def findings_rows(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def write_mixture_ids() -> Path:
+    """The ids of every split and of every training and validation mixture of the sweeps above, in one file beside
+    their results (the results themselves keep only counts): whoever has the data can check for leakage.
+    tests/test_fakenews_leakage.py checks the file against the data and against the results' counts."""
+    from omnimm.files import atomic_write_text
+    from omnimm_plugins.fakenews.sweep import plan_sweep
+
+    splits: dict[str, Any] = {}
+    grids: dict[str, Any] = {}
+    for name, settings in SWEEPS.items():
+        plan = plan_sweep(sweep_config(name, *settings), log=lambda text: None)
+        ids = plan.ids()
+        for seed, parts in ids["splits"].items():
+            if splits.setdefault(seed, parts) != parts:
+                raise RuntimeError(f"seed {seed} splits differently for {name}")
+        grid = {
+            "real_size": plan.real_size,
+            "fake_size": plan.fake_size,
+            "validation_sizes": plan.validation_sizes,
+            "mixtures": ids["mixtures"],
+        }
+        same = next((other for other, known in grids.items() if known == grid), None)
+        grids[name] = {"same_as": same} if same else grid  # detectors of one grid train on the same mixtures
+    dropped = [{"subclass": i.subclass, "id": i.id} for i in plan.dropped]
+    audit = {"dropped": dropped, "splits": splits, "detectors": grids}
+    return atomic_write_text(MIXTURES, json.dumps(audit, separators=(",", ":")) + "\n")
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     if not DATA.is_dir():
         return []
@@ -181,4 +218,5 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows += findings_rows(name, result)
     if not quick:
         write_docs(results)
+        write_mixture_ids()
     return rows

@@ -18,7 +18,7 @@ from omnimm_plugins.fakenews.data import (
     normalise,
 )
 
-from .conftest import SHARED, requires_shared
+from .conftest import REPO, SHARED, requires_shared
 
 SEEDS = range(10)  # the packaged config's and the benchmark's seeds
 
@@ -97,3 +97,63 @@ def test_groups_join_on_id_text_and_title_transitively():
         assert {len(split.test), len(split.train)} in ({1, 4}, {0, 5})
     # b (real) and c (fake) share a normalised text: the ids b and c are contradictory, the paraphrase goes too
     assert [i.id for i in contradictions(items)] == ["b", "c", "c"]
+
+
+# -- the benchmark's committed mixtures ------------------------------------------------------------------------------
+
+AUDIT = REPO / "benchmarks" / "results" / "fakenews-mixtures.json"
+
+
+def _audit() -> dict:
+    import json
+
+    return json.loads(AUDIT.read_text(encoding="utf-8"))
+
+
+def _grid(audit: dict, detector: str) -> dict:
+    grid = audit["detectors"][detector]
+    return audit["detectors"][grid["same_as"]] if "same_as" in grid else grid
+
+
+def test_the_committed_mixtures_match_the_results_and_stay_inside_their_split():
+    import json
+
+    audit = _audit()
+    for detector in audit["detectors"]:
+        grid = _grid(audit, detector)
+        results = json.loads((AUDIT.parent / f"fakenews-{detector}.json").read_text(encoding="utf-8"))
+        assert (results["real_size"], results["fake_size"]) == (grid["real_size"], grid["fake_size"])
+        for row in results["rows"]:
+            mixture = grid["mixtures"][f"{row['phase']}/{row['machine_fake_share']}/{row['seed']}"]
+            split = audit["splits"][str(row["seed"])]
+            assert {s: len(ids) for s, ids in mixture["train"].items()} == row["mixture"], (detector, row["phase"])
+            assert {s: len(ids) for s, ids in (mixture["validation"] or {}).items()} == (
+                row["validation_mixture"] or {}
+            )
+            for subclass, ids in mixture["train"].items():
+                assert set(ids) <= set(split["train"][subclass])
+            for subclass, ids in (mixture["validation"] or {}).items():
+                assert set(ids) <= set(split["validation"][subclass])
+
+
+@requires_shared
+def test_no_committed_mixture_holds_a_test_text_of_its_seed(politifact: list[NewsItem]):
+    # normalised (text, title) per (subclass, id), computed once: the same check as `leaks`, over 200+ mixtures
+    normal = {
+        (i.subclass, i.id): (normalise(i.text), normalise(i.title) if i.title.strip() else None) for i in politifact
+    }
+    audit = _audit()
+    dropped = {(d["subclass"], d["id"]) for d in audit["dropped"]}
+    checked = 0
+    for detector in audit["detectors"]:
+        for key, mixture in _grid(audit, detector)["mixtures"].items():
+            test = {(s, i) for s, ids in audit["splits"][key.rsplit("/", 1)[1]]["test"].items() for i in ids}
+            seen = {(s, i) for part in (mixture["train"], mixture["validation"] or {}) for s, ids in part.items()
+                    for i in ids}  # fmt: skip
+            assert not dropped & (seen | test)
+            seen_texts = {normal[k][0] for k in seen}
+            seen_titles = {normal[k][1] for k in seen} - {None}
+            leaked = [k for k in test if normal[k][0] in seen_texts or normal[k][1] in seen_titles]
+            assert leaked == [], (detector, key)
+            checked += 1
+    assert checked >= 3 * 7 * 10  # every phase, share and seed of the full grid

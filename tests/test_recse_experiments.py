@@ -163,3 +163,11 @@ def test_cli_train_refuses_fewer_sentences_than_one_batch(cli, tmp_path: Path):
     )
     _fails_cleanly(cli("recse", "train", config), "3 training sentences, fewer than one batch (4)")
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_cli_train_names_a_training_file_that_is_not_utf8(cli, tmp_path: Path):
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"one two three four\nfive six \xff seven\n")
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{text: {lines}}}\noutput_dir: {tmp_path / 'run'}\nbatch_size: 2\nmax_steps: 1\n")
+    _fails_cleanly(cli("recse", "train", config), f"{lines}:2: not UTF-8 text (byte 0xff at column 10, offset 28)")

@@ -16,6 +16,7 @@ import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +33,98 @@ from omnimm_plugins.fakenews.data import (
 )
 from omnimm_plugins.fakenews.evaluate import SubclassAccuracy
 from omnimm_plugins.fakenews.findings import evaluate_findings, interval, paired_interval
-from omnimm_plugins.fakenews.mixtures import build_mixture, largest_sizes, missing_subclasses, subclass_orders
+from omnimm_plugins.fakenews.mixtures import (
+    Mixture,
+    build_mixture,
+    largest_sizes,
+    missing_subclasses,
+    subclass_orders,
+)
 
 RESULTS = "sweep.json"
-__all__ = ["RESULTS", "load_items", "plot", "run_sweep", "summarise"]
+__all__ = ["RESULTS", "SweepPlan", "load_items", "plan_sweep", "plot", "run_sweep", "summarise"]
 
 
-def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    from omnimm.registry import get_registry
+@dataclass
+class SweepPlan:
+    """What a sweep trains and scores on, before any detector runs: the data, each seed's split and subclass orders,
+    and the mixture sizes; `mixtures()` gives a grid point's training and validation mixtures."""
 
-    detectors = get_registry("detectors")
+    config: SweepConfig
+    items: list[NewsItem]
+    dropped: list[NewsItem]
+    splits: dict[int, Split]
+    orders: dict[int, tuple[dict[str, list[NewsItem]], dict[str, list[NewsItem]]]]
+    real_size: int
+    fake_size: int
+    validation_sizes: list[int] | None
+
+    def mixtures(self, phase: str, share: float, seed: int) -> tuple[Mixture, Mixture | None]:
+        split, (train_order, validation_order) = self.splits[seed], self.orders[seed]
+        mixture = build_mixture(
+            split.train, phase, share, real_size=self.real_size, fake_size=self.fake_size, seed=seed,
+            orders=train_order,
+        )  # fmt: skip
+        validation = None
+        if self.validation_sizes:
+            real, fake = self.validation_sizes
+            validation = build_mixture(
+                split.validation, phase, share, real_size=real, fake_size=fake, seed=seed, orders=validation_order
+            )
+        return mixture, validation
+
+    def ids(self) -> dict[str, Any]:
+        """Every split's ids and every grid point's training and validation mixture ids, by subclass: what an audit
+        for leakage needs (`"<phase>/<share>/<seed>"` keys), without running a detector."""
+        points = {}
+        for phase in self.config.phases:
+            for share in self.config.machine_fake_shares:
+                for seed in self.config.seeds:
+                    mixture, validation = self.mixtures(phase, share, seed)
+                    points[f"{phase}/{share}/{seed}"] = {
+                        "train": mixture.manifest["ids"],
+                        "validation": validation.manifest["ids"] if validation else None,
+                    }
+        return {
+            "splits": {
+                str(seed): {part: info["ids"] for part, info in split.manifest().items()}
+                for seed, split in self.splits.items()
+            },
+            "mixtures": points,
+        }
+
+
+def plan_sweep(config: SweepConfig, *, log: Callable[[str], None] = print) -> SweepPlan:
+    """Load and split the data and fix the mixture sizes as `run_sweep` does (one-line errors for data the grid
+    cannot use)."""
     items, dropped = _load(config, log)
     splits = {
         seed: group_split(items, test=config.test_fraction, validation=config.validation_fraction, seed=seed)
         for seed in config.seeds
     }
     real_size, fake_size = _training_sizes(config, splits)
-    validation_sizes = _validation_sizes(config, splits, log)
+    orders = {
+        seed: (subclass_orders(split.train, seed), subclass_orders(split.validation, seed))
+        for seed, split in splits.items()
+    }
+    return SweepPlan(
+        config, items, dropped, splits, orders, real_size, fake_size, _validation_sizes(config, splits, log)
+    )
+
+
+def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    from omnimm.registry import get_registry
+
+    detectors = get_registry("detectors")
+    plan = plan_sweep(config, log=log)
+    real_size, fake_size, validation_sizes = plan.real_size, plan.fake_size, plan.validation_sizes
     log(
-        f"{len(items)} items; training mixtures of {real_size} real + {fake_size} fake, validation mixtures of "
+        f"{len(plan.items)} items; training mixtures of {real_size} real + {fake_size} fake, validation mixtures of "
         f"{validation_sizes or 'none'}; seeds {config.seeds}"
     )
     output = Path(config.output_dir)
     base = {
-        "data": _fingerprint(items),
+        "data": _fingerprint(plan.items),
         "real_size": real_size,
         "fake_size": fake_size,
         "validation_sizes": validation_sizes,
@@ -70,8 +139,8 @@ def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progre
         "real_size": real_size,
         "fake_size": fake_size,
         "validation_sizes": validation_sizes,
-        "dropped": [{"id": i.id, "subclass": i.subclass, "title": i.title} for i in dropped],
-        "splits": {str(seed): split.manifest() for seed, split in splits.items()},
+        "dropped": [{"id": i.id, "subclass": i.subclass, "title": i.title} for i in plan.dropped],
+        "splits": {str(seed): split.manifest() for seed, split in plan.splits.items()},
         "rows": [],
     }
     built = {name: detectors.build(detector) for name, detector in config.detectors.items()}
@@ -87,10 +156,6 @@ def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progre
         from rich.progress import track
 
         steps = track(grid, description="fakenews sweep")
-    orders = {
-        seed: (subclass_orders(split.train, seed), subclass_orders(split.validation, seed))
-        for seed, split in splits.items()
-    }
     reused = 0
     for detector_name, phase, share, seed in steps:
         settings = {
@@ -106,7 +171,7 @@ def run_sweep(config: SweepConfig, *, log: Callable[[str], None] = print, progre
             result["rows"].append(done[key])
             reused += 1
             continue
-        row = _run_point(built[detector_name], splits[seed], orders[seed], settings, validation_sizes)
+        row = _run_point(built[detector_name], plan, settings)
         result["rows"].append({"key": key, **row})
         _write(output / RESULTS, result)
     if reused:
@@ -165,28 +230,14 @@ def _validation_sizes(config: SweepConfig, splits: dict[int, Split], log: Callab
     return None
 
 
-def _run_point(
-    detector: Any,
-    split: Split,
-    orders: tuple[dict[str, list[NewsItem]], dict[str, list[NewsItem]]],
-    settings: dict[str, Any],
-    validation_sizes: list[int] | None,
-) -> dict[str, Any]:
+def _run_point(detector: Any, plan: SweepPlan, settings: dict[str, Any]) -> dict[str, Any]:
     phase, share, seed = settings["phase"], settings["machine_fake_share"], settings["seed"]
-    mixture = build_mixture(
-        split.train, phase, share, real_size=settings["real_size"], fake_size=settings["fake_size"], seed=seed,
-        orders=orders[0],
-    )  # fmt: skip
-    validation = None
-    if validation_sizes:
-        real, fake = validation_sizes
-        validation = build_mixture(
-            split.validation, phase, share, real_size=real, fake_size=fake, seed=seed, orders=orders[1]
-        )
+    mixture, validation = plan.mixtures(phase, share, seed)
+    test = plan.splits[seed].test
     started = time.perf_counter()
     options = {"seed": seed} if "seed" in inspect.signature(detector.fit).parameters else {}
     detector.fit(mixture.items, validation.items if validation else [], **options)
-    scores = SubclassAccuracy().evaluate(split.test, detector.predict_proba(split.test))
+    scores = SubclassAccuracy().evaluate(test, detector.predict_proba(test))
     return {
         "detector": settings["detector"],
         "phase": phase,

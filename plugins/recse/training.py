@@ -17,7 +17,7 @@ from typing import Any
 
 from omnimm.deps import require
 from omnimm.errors import ConfigError, ConfigIssue
-from omnimm.files import atomic_write_text
+from omnimm.files import atomic_write_text, read_utf8
 from omnimm_plugins.recse.configs import RecseTrainConfig, SentenceSource
 
 BEST = "model"
@@ -55,7 +55,7 @@ def load_sentences(source: SentenceSource, *, seed: int = 0, exclude_stsb: Seque
     if source.script:
         sentences += script_lines(source.script)
     if source.text:
-        text = Path(source.text).read_text(encoding="utf-8")
+        text = read_utf8(source.text)
         sentences += [line.strip() for line in text.splitlines() if line.strip()]
     held: set[str] = set()
     for folder in {str(f) for f in (source.stsb, *exclude_stsb) if f}:
@@ -70,7 +70,7 @@ def load_sentences(source: SentenceSource, *, seed: int = 0, exclude_stsb: Seque
 
 def script_lines(path: str | Path, *, min_words: int = 4) -> list[str]:
     """Speech lines of a `SPEAKER:` script (speaker lines and short lines left out)."""
-    lines = (line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in read_utf8(path).splitlines())
     return [line for line in lines if line and not line.endswith(":") and len(line.split()) >= min_words]
 
 
