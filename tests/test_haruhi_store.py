@@ -311,3 +311,22 @@ def test_a_manifest_from_before_tuning_still_loads_and_is_tuned_on_the_next_add(
     else:
         loaded.add(unit(600, seed=3), [f"n{i}" for i in range(600)])
         assert loaded.calibration is not None and loaded.calibration.count == 2600
+
+
+def test_single_queries_run_faiss_on_one_thread_and_batches_on_every_core(monkeypatch):
+    store = built(MemoryStoreConfig(**HNSW), unit(2000))
+    calls: list[int] = []
+    real = faiss.omp_set_num_threads
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda count: (calls.append(count), real(count))[1])
+    before = faiss.omp_get_max_threads()
+    try:
+        real(available_cores() + 1)  # a caller's own setting, neither of the store's choices
+        store.search(unit(1, seed=1))
+        store.search(unit(19, seed=1))
+        assert calls == [1, available_cores() + 1, 1, available_cores() + 1]  # one thread, then put back
+        calls.clear()
+        store.search(unit(20, seed=1))
+        store.search_batch(unit(2, seed=1))
+        assert calls == [available_cores(), available_cores() + 1] * 2
+    finally:
+        real(before)

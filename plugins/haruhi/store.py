@@ -591,9 +591,8 @@ class FaissMemory:
                     return self._exact_search(matrix, fetch)
                 return searcher.search(matrix, fetch)
             searcher = self._searcher() if setting is not None else self._index
-            if searcher is not self._index:  # the GPU copy takes the setting as an attribute
-                faiss = _faiss()
-                faiss.extract_index_ivf(searcher).nprobe = min(setting, 2048)
+            if searcher is not self._index:  # the GPU copy: faiss-gpu's own parameter setter (no SearchParameters)
+                _faiss().GpuParameterSpace().set_index_parameter(searcher, "nprobe", min(setting, 2048))
                 return searcher.search(matrix, fetch)
             return self._index.search(matrix, fetch, params=self._search_params(setting))
 
