@@ -272,6 +272,25 @@ def build_command(
     ],
     kind: KindOption = None,
     depth: Annotated[int, typer.Option("--depth", "-d", min=0, help="How many levels of sub-modules to show.")] = 2,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory",
+            help="Instead of the tree, estimate training memory: parameters, gradients, optimizer state and "
+            "activations per part, and what one process holds in each mode (built on the meta device).",
+        ),
+    ] = False,
+    mode: Annotated[
+        str | None, typer.Option(help="With --memory: single, ddp, fsdp, zero1-3 (default: the run's).")
+    ] = None,
+    world_size: Annotated[int, typer.Option(help="With --memory: number of processes.")] = 1,
+    batch_size: Annotated[int | None, typer.Option(help="With --memory: per process (default: the stage's).")] = None,
+    text_tokens: Annotated[
+        int | None, typer.Option(help="With --memory: text tokens per sample (default: up to max_length).")
+    ] = None,
+    frames: Annotated[int | None, typer.Option(help="With --memory: frames per clip (default: the model's).")] = None,
+    precision: Annotated[str | None, typer.Option(help="With --memory: fp32, bf16, fp16 (default: the run's).")] = None,
+    stage: Annotated[str | None, typer.Option(help="With --memory: one stage of the run (default: each).")] = None,
 ) -> None:
     """Build the model a config describes and print its tree with parameter counts (trainable vs frozen)."""
     from omnimm.config import config_target, read_config_file, validate_config
@@ -282,6 +301,28 @@ def build_command(
     data, positions = read_config_file(config_file)
     target = config_target(data, kind, source=str(config_file))
     config = validate_config(data, target, source=str(config_file), positions=positions)
+    memory_options = (mode, batch_size, text_tokens, frames, precision, stage, world_size if world_size != 1 else None)
+    if not memory and any(option is not None for option in memory_options):
+        raise ValueError(
+            "--mode, --world-size, --batch-size, --text-tokens, --frames, --precision and --stage need --memory"
+        )
+    if memory:
+        from omnimm.training.memory import memory_report, part_table, rank_table
+
+        for estimate in memory_report(
+            config,
+            registry=target,
+            mode=mode,
+            world_size=world_size,
+            batch_size=batch_size,
+            precision=precision,
+            frames=frames,
+            text_tokens=text_tokens,
+            stage=stage,
+        ):
+            stdout.print(part_table(estimate))
+            stdout.print(rank_table(estimate))
+        return
     if isinstance(config, RunConfig):
         built, label = models.build(config.model), "model"
     else:

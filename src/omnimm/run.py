@@ -27,4 +27,5 @@ class RunConfig(Config):
         for index, stage in enumerate(self.train.stages):
             check_part_patterns(stage.train, parts, ("train", "stages", index, "train"))
             check_part_patterns(stage.part_learning_rates, parts, ("train", "stages", index, "part_learning_rates"))
+        check_part_patterns(self.train.gradient_checkpointing, parts, ("train", "gradient_checkpointing"))
         return self

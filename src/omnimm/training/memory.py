@@ -9,6 +9,7 @@ on the meta device: only shapes and dtypes are read. `omnimm build CONFIG --memo
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -138,11 +139,15 @@ def _share(nbytes: int, world: int, sharded: bool) -> int:
 
 
 def distributed_mode(train: Any) -> str | None:
-    """The mode a run's `train.distributed` section names (`ddp`, `fsdp`, `deepspeed` with a ZeRO stage), if any."""
+    """The mode a run's `train.distributed` section names (`ddp`, `fsdp`, `deepspeed` as its ZeRO stage), if any."""
     distributed = getattr(train, "distributed", None)
     mode = getattr(distributed, "mode", None)
     if mode == "deepspeed":
-        stage = int(getattr(distributed, "zero_stage", 0) or 0)
+        stage = getattr(distributed, "zero_stage", None)
+        if stage is None and getattr(distributed, "deepspeed_config", None):
+            with open(distributed.deepspeed_config, encoding="utf-8") as file:
+                stage = json.load(file).get("zero_optimization", {}).get("stage", 0)
+        stage = 2 if stage is None else int(stage)  # DeepSpeedConfig's default here, as the trainer maps it
         return f"zero{stage}" if stage else "ddp"
     return mode
 
@@ -172,7 +177,8 @@ def estimate_memory(
     """Estimate a video LLM's training memory; what trains is what has `requires_grad` (see `prepare_stage`).
 
     `frames` defaults to the model's frame sampling, `text_tokens` to the longest text that fits `max_length` next to
-    the visual tokens; `checkpointed` names parts run with activation (gradient) checkpointing.
+    the visual tokens; `checkpointed` names parts run with activation (gradient) checkpointing (`encoders` covers
+    every `encoders.<key>`).
     """
     check_mode(mode, world_size)
     check_precision(precision)
@@ -399,7 +405,8 @@ def _lora_elements(llm: nn.Module) -> int:
 def encoder_elements_per_token(encoder: nn.Module, checkpointed: bool) -> int:
     """Values a trained ViT keeps per token: per block of width d and MLP width m, 9d + 2m (two norm inputs, the
     linears' inputs, q, k, v and the attention output, the MLP's hidden before and after its activation);
-    checkpointed, d per block plus one block recomputed. Blocks are the longest `nn.ModuleList` in the encoder."""
+    checkpointed, d per block plus one block recomputed. Blocks as `omnimm.training.distributed.encoder_blocks`
+    finds them."""
     blocks = _blocks(encoder)
     if not blocks:
         return 0
@@ -410,9 +417,10 @@ def encoder_elements_per_token(encoder: nn.Module, checkpointed: bool) -> int:
     return len(blocks) * width + block if checkpointed else len(blocks) * block
 
 
-def _blocks(module: nn.Module) -> nn.ModuleList | None:
-    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList) and len(m)]
-    return max(lists, key=len, default=None)
+def _blocks(module: nn.Module) -> nn.Module | None:
+    from omnimm.training.distributed import encoder_blocks
+
+    return encoder_blocks(module)
 
 
 def linear_elements_per_token(module: nn.Module, trained: bool) -> int:
@@ -481,3 +489,74 @@ def rank_table(estimate: MemoryEstimate) -> Table:
         keys = ("parameters", "gradients", "optimizer", "activations", "total")
         table.add_row(label, shards, *(_mib(held[k]) for k in keys))
     return table
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+
+
+def memory_report(
+    config: Any,
+    *,
+    registry: Any = None,
+    mode: str | None = None,
+    world_size: int = 1,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    frames: int | None = None,
+    text_tokens: int | None = None,
+    stage: str | None = None,
+) -> list[MemoryEstimate]:
+    """`omnimm build CONFIG --memory`: an estimate per training stage of a run file (the model as each stage
+    trains it; `stage` picks one), or one for a model file as configured. The model is built on the meta device:
+    no weights are allocated or loaded, so a 7B configuration is estimated on a laptop.
+
+    Defaults come from the run: `batch_size` from the stage, `precision` and gradient checkpointing from
+    `train:`, `mode` from `train.distributed` when `world_size` > 1 (one process is `single`).
+    """
+    from omnimm.registry import models
+    from omnimm.run import RunConfig
+
+    train = config.train if isinstance(config, RunConfig) else None
+    if mode is None:
+        mode = (distributed_mode(train) or "ddp") if world_size > 1 else "single"
+    check_mode(mode, world_size)
+    if precision is None:
+        precision = train.precision if train is not None else "fp32"
+    check_precision(precision)
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be at least 1, not {frames}")
+    component, build = (config.model, models.build) if isinstance(config, RunConfig) else (config, registry.build)
+    stages = list(train.stages) if train is not None else [None]
+    if stage is not None:
+        stages = [s for s in stages if s is not None and s.name == stage]
+        if not stages:
+            names = ", ".join(s.name for s in train.stages) if train is not None else "none: not a run file"
+            raise ValueError(f"--stage '{stage}' is not a stage of this run (stages: {names})")
+    estimates = []
+    for chosen in stages:
+        with torch.device("meta"):
+            model = build(component.without_weights())
+        if chosen is not None:
+            prepare_stage(model, chosen)
+        patterns = train.gradient_checkpointing if train is not None else []
+        checkpointed = _resolve(model, patterns) if patterns else []
+        estimates.append(
+            estimate_memory(
+                model,
+                mode=mode,
+                world_size=world_size,
+                batch_size=batch_size if batch_size is not None else (chosen.batch_size if chosen else 1),
+                precision=precision,
+                frames=frames,
+                text_tokens=text_tokens,
+                checkpointed=checkpointed,
+                stage=chosen.name if chosen is not None else None,
+            )
+        )
+    return estimates
+
+
+def _resolve(model: Any, patterns: Iterable[str]) -> list[str]:
+    from omnimm.training.trainer import resolve_parts
+
+    return resolve_parts(model, list(patterns)) if hasattr(model, "parts") else []

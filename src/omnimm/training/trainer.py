@@ -1,5 +1,6 @@
 """Run training stages with HF's `Trainer`: progress bars, gradient accumulation, schedules, checkpoints, resume
-and data parallelism come from it; this module decides what trains and how it is saved.
+and data parallelism (DDP, FSDP2 through accelerate, DeepSpeed) come from it; this module decides what trains and
+how it is saved (`omnimm.training.distributed` maps `train.distributed` onto the Trainer's arguments).
 
 Works for models that expose `parts()`, `processor` (the collate function), `save_pretrained`/`from_pretrained`
 and, for LoRA stages, `add_lora`/`merge_lora`/`has_lora` (the video LLM does).
@@ -10,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import re
 import zipfile
 from collections.abc import Sequence
@@ -23,6 +23,7 @@ from omnimm.deps import require
 from omnimm.files import restore_folder, safetensors_problem
 from omnimm.registry import datasets, models
 from omnimm.run import RunConfig
+from omnimm.training import distributed
 from omnimm.training.configs import StageConfig, TrainConfig
 
 log = logging.getLogger("omnimm.training")
@@ -32,6 +33,8 @@ FINAL = "final"
 CHECKPOINT = re.compile(r"checkpoint-([0-9]+)")  # the folders HF's Trainer writes, as its get_last_checkpoint reads
 TRAINER_STATE_FILE = "trainer_state.json"  # written last by Trainer._save_checkpoint: the checkpoint's end mark
 CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE)
+FSDP_OPTIMIZER_FILE = "optimizer.bin"  # accelerate's save_fsdp_optimizer: the full optimizer state, from rank 0
+DEEPSPEED_OPTIMIZER_FILE = "latest"  # DeepSpeed's save_checkpoint names its shard folder there, once written
 
 
 def resolve_parts(model: Any, patterns: Sequence[str]) -> list[str]:
@@ -85,13 +88,38 @@ def safetensors_trainer_class() -> type:
     class SafetensorsTrainer(transformers.Trainer):
         def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
             # Shared tensors (tied embeddings) are written once; no pickled training_args.bin.
+            if not self.args.should_save:  # sharded saves gather on every process, the first one writes
+                return
             folder = Path(output_dir or self.args.output_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            safetensors_torch.save_model(_inner(self.accelerator.unwrap_model(self.model)), str(folder / WEIGHTS_FILE))
+            inner = _inner(self.accelerator.unwrap_model(self.model))
+            if state_dict is None:
+                safetensors_torch.save_model(inner, str(folder / WEIGHTS_FILE))
+                return
+            # FSDP / DeepSpeed: the whole model gathered by the Trainer, named as one process names it
+            state = {distributed.strip_view(name): tensor for name, tensor in state_dict.items()}
+            state = distributed.without_shared(inner, state)
+            safetensors_torch.save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            weights = str(Path(resume_from_checkpoint) / WEIGHTS_FILE)
+            if self.is_fsdp_enabled:  # every process reads the whole file and keeps its shards
+                distributed.load_full_state_dict(model or self.model_wrapped, safetensors_torch.load_file(weights))
+                return
             target = _inner(self.accelerator.unwrap_model(model if model is not None else self.model))
-            safetensors_torch.load_model(target, str(Path(resume_from_checkpoint) / WEIGHTS_FILE))
+            safetensors_torch.load_model(target, weights)
+
+        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+            if not self.is_fsdp_enabled:
+                super()._save_optimizer_and_scheduler(output_dir)
+                return
+            # The weights are in model.safetensors already: accelerate's save_fsdp_model would write a second
+            # (pickled) copy. The optimizer's full state as accelerate saves it, the scheduler as the Trainer does.
+            accelerate_utils = require("accelerate.utils", extra="video", purpose="FSDP checkpoints")
+            plugin = self.accelerator.state.fsdp_plugin
+            accelerate_utils.save_fsdp_optimizer(plugin, self.accelerator, self.optimizer, self.model, output_dir)
+            if self.args.should_save:
+                torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / "scheduler.pt")
 
         def _load_best_model(self) -> None:
             # Trainer's own version loads non-strictly into the wrapper: keys would not match and nothing would load.
@@ -110,10 +138,16 @@ def _stage_trainer_class() -> type:
     class StageTrainer(safetensors_trainer_class()):  # type: ignore[misc]
         """HF Trainer with per-part learning rates and safetensors checkpoints of any `nn.Module`."""
 
-        def __init__(self, *args: Any, stage: StageConfig, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, stage: StageConfig, train: TrainConfig | None = None, **kwargs: Any) -> None:
             self.stage = stage
+            self.train_config = train
             self._extra_logs: dict[str, list[float]] = {}
             super().__init__(*args, **kwargs)
+
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            if self.train_config is not None and distributed.use_fsdp_on_cpu(self, self.train_config.distributed):
+                log.info("stage %s: FSDP2 on CPU processes (gloo)", self.stage.name)
 
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
@@ -185,10 +219,25 @@ def _parameter_groups(model: Any, stage: StageConfig) -> list[dict[str, Any]]:
     return [{"params": params, "lr": rate, "weight_decay": weight_decay} for rate, params in groups.items()]
 
 
-def _arguments(train: TrainConfig, stage: StageConfig, output: Path, progress: bool) -> Any:
+def uses_cpu(train: TrainConfig) -> bool:
+    """Whether the run trains on CPU (`device: cpu`, or `auto` without a GPU)."""
+    return train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
+
+
+def _arguments(train: TrainConfig, stage: StageConfig, output: Path, progress: bool, model: Any = None) -> Any:
     transformers = require("transformers", extra="video", purpose="training")
-    use_cpu = train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available())
-    return transformers.TrainingArguments(
+    use_cpu = uses_cpu(train)
+    return transformers.TrainingArguments(**training_arguments(train, stage, output, progress, model, use_cpu=use_cpu))
+
+
+def training_arguments(
+    train: TrainConfig, stage: StageConfig, output: Path, progress: bool, model: Any = None, *, use_cpu: bool
+) -> dict[str, Any]:
+    """The keywords of the stage's `TrainingArguments`, distributed mode included (without building them: a
+    DeepSpeed config builds only where DeepSpeed is installed)."""
+    world = distributed.world_size()
+    mode = distributed.training_arguments(train, model, use_cpu=use_cpu) if model is not None else {}
+    return dict(
         output_dir=str(output),
         per_device_train_batch_size=stage.batch_size,
         gradient_accumulation_steps=stage.grad_accum,
@@ -206,12 +255,13 @@ def _arguments(train: TrainConfig, stage: StageConfig, output: Path, progress: b
         bf16=train.precision == "bf16",
         fp16=train.precision == "fp16",
         use_cpu=use_cpu,
-        ddp_backend="gloo" if use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_backend="gloo" if use_cpu and world > 1 else None,
         dataloader_num_workers=train.dataloader_workers,
         train_sampling_strategy="random" if stage.shuffle else "sequential",
         remove_unused_columns=False,
         report_to="none",
         disable_tqdm=not progress,
+        **mode,
     )
 
 
@@ -222,18 +272,31 @@ def train_stage(
     output = Path(train.output_dir) / stage.name
     if stage.lora is not None and not getattr(model, "has_lora", False):
         lora = stage.lora
+        # The adapters' random start depends on the seed alone, not on what ran before (a sharded run reloads
+        # its model between stages, which draws random numbers a single process does not)
+        torch.manual_seed(train.seed)
         model.add_lora(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
     trainable = set_trainable(model, stage.train)
     log.info("stage %s: %d trainable tensors in %s", stage.name, len(trainable), resolve_parts(model, stage.train))
+    checkpointed = distributed.enable_gradient_checkpointing(model, train.gradient_checkpointing)
+    if checkpointed:
+        log.info("stage %s: gradient checkpointing in %s", stage.name, ", ".join(checkpointed))
+    use_cpu = uses_cpu(train)
+    distributed.check_setup(train, use_cpu=use_cpu)
+    distributed.check_wrap(train.distributed, model)
     dataset = datasets.build(stage.data, processor=model.processor)
     trainer = _stage_trainer_class()(
         model=TrainerView(model),
-        args=_arguments(train, stage, output, progress),
+        args=_arguments(train, stage, output, progress, model),
         train_dataset=dataset,
         data_collator=model.processor,
         stage=stage,
+        train=train,
     )
-    checkpoint = last_complete_checkpoint(output, stage.name) if resume else None
+    optimizer = "optimizer.pt"
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        optimizer = FSDP_OPTIMIZER_FILE if trainer.is_fsdp_enabled else DEEPSPEED_OPTIMIZER_FILE
+    checkpoint = last_complete_checkpoint(output, stage.name, optimizer=optimizer) if resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
     # The collator runs in the main process whatever the number of data-loading workers, so its counts are complete.
     for line in model.processor.report() if hasattr(model.processor, "report") else []:
@@ -249,6 +312,7 @@ def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True,
     """
     if run.train is None:
         raise ValueError("the run has no `train:` section")
+    distributed.check_setup(run.train, use_cpu=uses_cpu(run.train))  # before building a model that cannot train
     if model is None:
         torch.manual_seed(run.train.seed)  # the same initial weights on every run and every process
         model = models.build(run.model)
@@ -259,6 +323,9 @@ def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True,
             model = type(model).from_pretrained(final)
             continue
         trainer = train_stage(model, run.train, stage, resume=resume, progress=progress)
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            model = _save_sharded(trainer, model, stage, final)
+            continue
         if stage.lora is not None and stage.lora.merge:
             model.merge_lora()
         if trainer.is_world_process_zero():
@@ -267,9 +334,33 @@ def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True,
     return model
 
 
-def last_complete_checkpoint(output: Path, stage: str = "") -> str | None:
+def _save_sharded(trainer: Any, model: Any, stage: StageConfig, final: Path) -> Any:
+    """Save a sharded stage's `final/` exactly as one process would, and return the model for what follows.
+
+    The weights are gathered onto the first process, which puts them in an unsharded copy of the model (LoRA
+    merged there) and saves it; then every process loads that folder, since a sharded model cannot be trained
+    again by another Trainer nor saved by `save_pretrained`.
+    """
+    state = distributed.full_state_dict(trainer)
+    if trainer.is_world_process_zero():
+        plain = distributed.unsharded_copy(model, state)
+        if stage.lora is not None and stage.lora.merge:
+            plain.merge_lora()
+        plain.save_pretrained(final)
+        del plain
+    del state
+    trainer.accelerator.wait_for_everyone()
+    cache = getattr(model, "feature_cache", None)
+    model = type(model).from_pretrained(final)
+    if cache is not None:  # the saved config leaves the cache folder out
+        model.use_feature_cache(cache.folder)
+    return model
+
+
+def last_complete_checkpoint(output: Path, stage: str = "", *, optimizer: str = "optimizer.pt") -> str | None:
     """The newest `checkpoint-N` in `output` that holds everything a resume reads; the newer, incomplete ones (a
-    run killed while saving) are skipped with a warning saying why. None when there is none."""
+    run killed while saving) are skipped with a warning saying why. None when there is none. `optimizer` names
+    the optimizer's file (`optimizer.bin` under FSDP, DeepSpeed's `latest` under DeepSpeed)."""
     found = []
     for path in output.iterdir() if output.is_dir() else []:
         match = CHECKPOINT.fullmatch(path.name)
@@ -277,7 +368,7 @@ def last_complete_checkpoint(output: Path, stage: str = "") -> str | None:
             found.append((int(match[1]), path))
     where = f"stage {stage}: " if stage else ""
     for step, path in sorted(found, reverse=True):
-        problem = checkpoint_problem(path, step)
+        problem = checkpoint_problem(path, step, optimizer=optimizer)
         if problem is None:
             log.info("%sresuming from %s", where, path)
             return str(path)
@@ -287,15 +378,17 @@ def last_complete_checkpoint(output: Path, stage: str = "") -> str | None:
     return None
 
 
-def checkpoint_problem(folder: Path, step: int) -> str | None:
+def checkpoint_problem(folder: Path, step: int, *, optimizer: str = "optimizer.pt") -> str | None:
     """What a Trainer checkpoint lacks for a resume (missing or cut-short files, a wrong step), or None."""
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    files = [optimizer if name == "optimizer.pt" else name for name in CHECKPOINT_FILES]
+    missing = [name for name in files if not (folder / name).is_file()]
     if missing:
         return f"{', '.join(missing)} missing"
     weights = safetensors_problem(folder / WEIGHTS_FILE)
     if weights is not None:
         return weights
-    for name in ("optimizer.pt", "scheduler.pt"):  # torch.save writes a zip: cut short, it has no end record
+    saved_by_torch = [name for name in (optimizer, "scheduler.pt") if name.endswith((".pt", ".bin"))]
+    for name in saved_by_torch:  # torch.save writes a zip: cut short, it has no end record
         if not zipfile.is_zipfile(folder / name):
             return f"{name} is cut short or damaged (not a complete torch file)"
     try:
