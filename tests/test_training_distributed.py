@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from omnimm.run import RunConfig
 from omnimm.training import distributed
 from omnimm.training.configs import DistributedConfig
 from omnimm.training.memory import distributed_mode
-from omnimm.training.trainer import training_arguments
+from omnimm.training.trainer import TrainerView, last_complete_checkpoint, training_arguments
 
 from .conftest import REPO, video_llm_config
 
@@ -72,7 +73,8 @@ def run_config(tokenizer, output, stages, **train):
     return {"model": video_llm_config(tokenizer), "train": {"output_dir": str(output), "stages": stages, **train}}
 
 
-def launch(config: dict, processes: int, *extra: str) -> None:
+def launch(config: dict, processes: int, *extra: str, fails: bool = False) -> str:
+    """Run the script on a run config; returns its stderr (it must succeed, or with `fails` fail)."""
     path = Path(config["train"]["output_dir"]).with_suffix(".json")
     path.write_text(json.dumps(config))
     launcher = [sys.executable] if processes == 1 else [*TORCHRUN, str(processes)]
@@ -83,7 +85,8 @@ def launch(config: dict, processes: int, *extra: str) -> None:
         timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (done.returncode != 0) is fails, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stderr
 
 
 def losses(output: Path, stage_name: str = "stage1") -> dict[int, float]:
@@ -143,17 +146,79 @@ def test_fsdp_on_two_processes_matches_one_process(word_tokenizer, data, single,
     assert not list(checkpoint.glob("pytorch_model_fsdp*"))  # the weights once, as safetensors
 
 
-def test_fsdp_resumes_from_its_checkpoint(word_tokenizer, data, single, tmp_path):
+def test_fsdp_resumes_from_its_checkpoint(cli, word_tokenizer, data, single, tmp_path):
     output = tmp_path / "fsdp"
     first = run_config(word_tokenizer, output, [stage(data, batch_size=2, max_steps=2, save_steps=1)])
     first["train"]["distributed"] = {"mode": "fsdp"}
     launch(first, 2)
     shutil.rmtree(output / "stage1" / "final")  # as if stopped after step 2: the run continues from checkpoint-2
+    # Mark the checkpoint: a resumed Trainer carries its log history on, one that starts again from step 0 does not
+    saved = output / "stage1" / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(saved.read_text())
+    state["log_history"][0]["written_by"] = "the first run"
+    saved.write_text(json.dumps(state))
+
+    # The checkpoint belongs to fsdp: a one-process (ddp) resume stops in one line instead of starting over
+    ddp = run_config(word_tokenizer, output, [stage(data, batch_size=2, save_steps=1)])
+    (tmp_path / "ddp.json").write_text(json.dumps(ddp))
+    refused = cli("train", tmp_path / "ddp.json", "--resume", "--no-progress")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert [line for line in refused.stderr.splitlines() if line.startswith("error")] == [
+        f"error: train.distributed.mode: stage stage1: {output / 'stage1' / 'checkpoint-2'} was written under mode "
+        "fsdp (it holds optimizer.bin), this run uses ddp: resume with mode: fsdp, or move the stage's checkpoints "
+        "away to train it from the start"
+    ]
+    assert sorted(p.name for p in (output / "stage1").iterdir()) == ["checkpoint-1", "checkpoint-2"]  # untouched
+
     longer = run_config(word_tokenizer, output, [stage(data, batch_size=2, save_steps=1)], distributed={"mode": "fsdp"})
     launch(longer, 2, "--resume")
     state = json.loads((output / "stage1" / "checkpoint-4" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    assert state["log_history"][0]["written_by"] == "the first run"  # steps 1-2 came from checkpoint-2
     assert_same_training(single, output)
+
+
+def test_a_checkpoint_of_another_mode_is_refused(single):
+    """The one-process run's checkpoint holds optimizer.pt: an FSDP or DeepSpeed resume cannot read it."""
+    folder = single / "stage1"
+    assert last_complete_checkpoint(folder, "stage1") == str(folder / "checkpoint-4")
+    for optimizer, mode in [("optimizer.bin", "fsdp"), ("latest", "deepspeed")]:
+        with pytest.raises(distributed.DistributedSetupError) as raised:
+            last_complete_checkpoint(folder, "stage1", optimizer=optimizer)
+        assert str(raised.value) == (
+            f"train.distributed.mode: stage stage1: {folder / 'checkpoint-4'} was written under mode ddp (it holds "
+            f"optimizer.pt), this run uses {mode}: resume with mode: ddp, or move the stage's checkpoints away to "
+            "train it from the start"
+        )
+
+
+def test_without_the_cpu_override_the_run_stops_instead_of_running_ddp(word_tokenizer, data, tmp_path):
+    """accelerate drops an FSDP plugin on CPU processes (omnimm's override restores it); without it, or when the
+    accelerate internals the override writes are gone, the run stops naming the versions instead of training DDP."""
+    settings = {"mode": "fsdp"}
+    config = run_config(word_tokenizer, tmp_path / "dropped", [stage(data, batch_size=2, max_steps=1)])
+    config["train"]["distributed"] = settings
+    stderr = launch(config, 2, "--without-fsdp-on-cpu", fails=True)
+    assert "train.distributed.mode: fsdp was asked for but the Trainer runs neither FSDP nor DeepSpeed" in stderr
+    assert re.search(r"accelerate \d+\.\d+\S*, transformers \d+\.\d+\S*, 2 processes", stderr), stderr
+    config["train"]["output_dir"] = str(tmp_path / "renamed")
+    stderr = launch(config, 2, "--accelerate-internals-renamed", fails=True)
+    assert "train.distributed.mode: FSDP on CPU processes relies on accelerate internals this version lacks" in stderr
+    assert not list(tmp_path.glob("*/stage1/checkpoint-*"))  # stopped before training
+
+
+def test_a_failed_save_on_the_first_process_stops_the_others(word_tokenizer, data, tmp_path):
+    """Only the first process saves final/: when that fails the other one stops too instead of waiting forever."""
+    output = tmp_path / "out"
+    config = run_config(word_tokenizer, output, [stage(data, batch_size=2, max_steps=1)])
+    config["train"]["distributed"] = {"mode": "fsdp"}
+    launch(config, 2, "--fail-final-save", fails=True)
+    # what each process raised (the script writes it down; the first one then waits a little, so that torchrun,
+    # which stops every process once one has failed, lets the second one get there)
+    assert (output / "error-0.txt").read_text() == "OSError: disk full (made up by the test)"
+    assert (output / "error-1.txt").read_text() == (
+        "RuntimeError: the first process failed to save the stage (OSError: disk full (made up by the test))"
+    )
 
 
 def test_fsdp_hybrid_sharding_on_four_processes(word_tokenizer, data, single, tmp_path):
@@ -207,13 +272,11 @@ def validation_error(word_tokenizer, tmp_path, **train):
         ({"distributed": {"mode": "fsdp", "wrap": []}}, "train.distributed.wrap", "at least 1"),
         ({"distributed": {"mode": "zero"}}, "train.distributed.mode", "'ddp', 'fsdp' or 'deepspeed'"),
         ({"precision": "fp16", "device": "cpu"}, "train.precision", "fp16 runs only on GPUs"),
-        ({"gradient_checkpointing": ["connector"]}, "train.gradient_checkpointing", "cannot be checkpointed"),
+        ({"gradient_checkpointing": ["llm", "connector"]}, "train.gradient_checkpointing[1]", "cannot be checkp"),
         ({"gradient_checkpointing": ["encoders.face"]}, "train.gradient_checkpointing[0]", "matches no part"),
     ],
 )
 def test_bad_distributed_settings_name_their_field(word_tokenizer, tmp_path, train, path, message):
-    import re
-
     error = validation_error(word_tokenizer, tmp_path, **train)
     assert path in error and re.search(message, error), error
 
@@ -237,6 +300,64 @@ def test_deepspeed_files_are_checked(word_tokenizer, tmp_path):
     assert "stage3_gather_16bit_weights_on_model_save" in error
     both = {"mode": "deepspeed", "deepspeed_config": str(zero3), "zero_stage": 2}
     assert "not both" in validation_error(word_tokenizer, tmp_path, distributed=both)
+    offload = {"mode": "deepspeed", "deepspeed_config": str(zero3), "cpu_offload": True}
+    error = validation_error(word_tokenizer, tmp_path, distributed=offload, device="cuda")
+    assert "train.distributed.cpu_offload: with deepspeed_config your own file decides offloading" in error
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"zero_optimization": "x"}, '"zero_optimization" is a string, not a JSON object (e.g. {"stage": 2})'),
+        ({"zero_optimization": [2]}, '"zero_optimization" is a list, not a JSON object'),
+        ({"zero_optimization": None}, '"zero_optimization" is null, not a JSON object'),
+        ({"bf16": {"enabled": "auto"}}, 'has no "zero_optimization" object (accelerate needs one'),
+        ({"zero_optimization": {"stage": "auto"}}, '"zero_optimization.stage" is "auto"; give 0, 1, 2 or 3'),
+        ({"zero_optimization": {"stage": 4}}, '"zero_optimization.stage" is 4; give 0, 1, 2 or 3'),
+        ({"zero_optimization": {"stage": "3"}}, "ZeRO-3 needs stage3_gather_16bit_weights_on_model_save: true"),
+        (
+            {"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": 0.1}}},
+            "sets \"optimizer\": omnimm's Trainer builds the optimizer (AdamW with the stage's per-part",
+        ),
+        (
+            {"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"}},
+            'sets "optimizer" and "scheduler": omnimm\'s Trainer builds',
+        ),
+    ],
+)
+def test_bad_deepspeed_files_are_one_line_naming_the_field(cli, word_tokenizer, tmp_path, content, message):
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps(content))
+    config = run_config(word_tokenizer, tmp_path, [stage({"name": "omnimm/conversations", "path": "data.json"})])
+    config["train"].update(device="cuda", distributed={"mode": "deepspeed", "deepspeed_config": str(own)})
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(config))
+    result = cli("config", "validate", run)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    issues = result.stderr.splitlines()[1:]  # a header, then one line per issue
+    assert len(issues) == 1 and f"train.distributed.deepspeed_config: {own}" in issues[0], result.stderr
+    assert message in issues[0], issues[0]
+
+
+def test_a_deepspeed_files_stage_is_read_as_deepspeed_reads_it(tmp_path):
+    """DeepSpeed reads the string "3" as stage 3; HF and accelerate compare the stage with 3: they get the number."""
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+
+    for content, stage_number in [
+        ({"zero_optimization": {"stage": "3", "stage3_gather_16bit_weights_on_model_save": True}}, 3),
+        ({"zero_optimization": {"stage": 3, "stage3_gather_fp16_weights_on_model_save": True}}, 3),  # older name
+        ({"zero_optimization": {}}, 0),  # DeepSpeed's default
+    ]:
+        own = tmp_path / "ds.json"
+        own.write_text(json.dumps(content))
+        settings = DistributedConfig(mode="deepspeed", deepspeed_config=str(own))
+        handed = distributed.deepspeed_config(settings)
+        assert handed == {**content, "zero_optimization": {**content["zero_optimization"], "stage": stage_number}}
+        assert HfDeepSpeedConfig(handed).is_zero3() is (stage_number == 3)  # accelerate's reading of it
+        assert settings.deepspeed_stage == stage_number
+        assert distributed_mode(type("Train", (), {"distributed": settings})) == (
+            f"zero{stage_number}" if stage_number else "ddp"
+        )
 
 
 # -- what each mode becomes ---------------------------------------------------------------------------------------
@@ -267,7 +388,9 @@ def test_fsdp_becomes_the_trainers_fsdp2_arguments(word_tokenizer, data, tiny_mo
     assert plugin["state_dict_type"] == "FULL_STATE_DICT" and "cpu_offload" not in plugin
 
 
-def test_fsdp_hybrid_on_gpus_becomes_a_two_level_mesh(tiny_model, monkeypatch):
+def test_fsdp_hybrid_on_gpus_becomes_a_two_level_mesh(tiny_model, monkeypatch, tmp_path):
+    import transformers
+
     monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     settings = DistributedConfig(mode="fsdp", sharding="hybrid", cpu_offload=True)
@@ -278,11 +401,25 @@ def test_fsdp_hybrid_on_gpus_becomes_a_two_level_mesh(tiny_model, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
     with pytest.raises(distributed.DistributedSetupError, match=r"shard_group_size: 3 does not divide the 16"):
         distributed.fsdp_arguments(settings, tiny_model, use_cpu=False)
+    # HF's reading of the arguments (in this one process: building them starts the process group WORLD_SIZE names)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    built = transformers.TrainingArguments(output_dir=str(tmp_path), report_to="none", **kwargs)
+    assert built.parallelism_config is mesh  # the Trainer hands it to accelerate's Accelerator as it is
+    assert built.fsdp_plugin_args["cpu_offload"] is True and built.fsdp_plugin_args["fsdp_version"] == 2
+    assert built.fsdp_plugin_args["reshard_after_forward"] is True
 
 
 @pytest.mark.parametrize("stage_number", [1, 2, 3])
 def test_deepspeed_becomes_a_zero_config(stage_number):
+    """The dict handed to TrainingArguments(deepspeed=...): HF reads it only where DeepSpeed is installed (its
+    HfTrainerDeepSpeedConfig checks for the package), which this suite is not, so HF's reading of it is not run here;
+    accelerate's own reader (no DeepSpeed needed) is."""
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+
     config = distributed.deepspeed_config(DistributedConfig(mode="deepspeed", zero_stage=stage_number))
+    read = HfDeepSpeedConfig(config)
+    assert (read.is_zero2(), read.is_zero3(), read.is_offload()) == (stage_number == 2, stage_number == 3, False)
     zero = config["zero_optimization"]
     assert zero["stage"] == stage_number
     assert zero.get("stage3_gather_16bit_weights_on_model_save", False) is (stage_number == 3)
@@ -298,9 +435,9 @@ def test_deepspeed_offload_and_a_users_file(tmp_path):
     assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert offload["zero_optimization"]["offload_param"]["device"] == "cpu"
     own = tmp_path / "ds.json"
-    own.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    own.write_text(json.dumps({"zero_optimization": {"stage": 1}, "bf16": {"enabled": "auto"}}))
     settings = DistributedConfig(mode="deepspeed", deepspeed_config=str(own))
-    assert distributed.deepspeed_config(settings) == str(own)  # passed to HF as it is
+    assert distributed.deepspeed_config(settings) == json.loads(own.read_text())  # passed to HF as it is
     assert distributed_mode(type("Train", (), {"distributed": settings})) == "zero1"
     assert distributed_mode(type("Train", (), {"distributed": DistributedConfig(mode="deepspeed")})) == "zero2"
 
@@ -320,6 +457,37 @@ def test_what_cannot_run_here_is_one_clear_error(word_tokenizer, tmp_path, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(distributed.DistributedSetupError, match=r"cpu_offload: offloads GPU memory"):
         distributed.check_setup(train(mode="fsdp", cpu_offload=True), use_cpu=True)
+    import accelerate
+
+    distributed.check_setup(train(mode="fsdp"), use_cpu=True)  # the installed accelerate is recent enough
+    monkeypatch.setattr(accelerate, "__version__", "1.11.0")  # ParallelismConfig, but the Trainer does not pass it
+    with pytest.raises(MissingDependencyError, match=r"'accelerate' 1\.11\.0 is installed but omnimm needs >= 1\.12"):
+        distributed.check_setup(train(mode="fsdp"), use_cpu=True)
+
+
+def test_the_trainer_must_run_the_engine_the_mode_names(tiny_model, tmp_path):
+    """A real one-process Trainer runs neither FSDP nor DeepSpeed: right for ddp, a stop for the others."""
+    import transformers
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = transformers.Trainer(model=TrainerView(tiny_model), args=args)
+    distributed.check_engine(trainer, DistributedConfig())
+    for mode in ("fsdp", "deepspeed"):
+        with pytest.raises(distributed.DistributedSetupError) as raised:
+            distributed.check_engine(trainer, DistributedConfig(mode=mode))
+        assert str(raised.value).startswith(
+            f"train.distributed.mode: {mode} was asked for but the Trainer runs neither FSDP nor DeepSpeed: "
+            "accelerate or transformers did not take the settings (accelerate "
+        ), raised.value
+
+
+def test_deepspeed_16_bit_weights_are_saved_in_the_models_dtypes(tiny_model):
+    """DeepSpeed under bf16 hands over bf16 weights; final/ keeps the dtypes one process saves (fp32 here)."""
+    state = {name: tensor.to(torch.bfloat16) for name, tensor in tiny_model.state_dict().items()}
+    copy = distributed.unsharded_copy(tiny_model, state)
+    assert {p.dtype for p in copy.parameters()} == {torch.float32} == {p.dtype for p in tiny_model.parameters()}
+    for name, tensor in copy.state_dict().items():
+        assert torch.equal(tensor, state[name].float()), name  # the 16-bit values, in fp32
 
 
 def test_wrap_must_name_classes_of_the_model(tiny_model):

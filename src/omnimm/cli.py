@@ -271,7 +271,9 @@ def build_command(
         Path, typer.Argument(metavar="CONFIG", help="A run file (with `model:`) or a component file.")
     ],
     kind: KindOption = None,
-    depth: Annotated[int, typer.Option("--depth", "-d", min=0, help="How many levels of sub-modules to show.")] = 2,
+    depth: Annotated[
+        int | None, typer.Option("--depth", "-d", min=0, help="How many levels of sub-modules to show (default 2).")
+    ] = None,
     memory: Annotated[
         bool,
         typer.Option(
@@ -281,9 +283,10 @@ def build_command(
         ),
     ] = False,
     mode: Annotated[
-        str | None, typer.Option(help="With --memory: single, ddp, fsdp, zero1-3 (default: the run's).")
+        str | None,
+        typer.Option(help="With --memory: single, ddp, fsdp, zero1-3 (default: the run's train.distributed)."),
     ] = None,
-    world_size: Annotated[int, typer.Option(help="With --memory: number of processes.")] = 1,
+    world_size: Annotated[int | None, typer.Option(help="With --memory: number of processes (default 1).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="With --memory: per process (default: the stage's).")] = None,
     text_tokens: Annotated[
         int | None, typer.Option(help="With --memory: text tokens per sample (default: up to max_length).")
@@ -301,11 +304,13 @@ def build_command(
     data, positions = read_config_file(config_file)
     target = config_target(data, kind, source=str(config_file))
     config = validate_config(data, target, source=str(config_file), positions=positions)
-    memory_options = (mode, batch_size, text_tokens, frames, precision, stage, world_size if world_size != 1 else None)
+    memory_options = (mode, batch_size, text_tokens, frames, precision, stage, world_size)
     if not memory and any(option is not None for option in memory_options):
         raise ValueError(
             "--mode, --world-size, --batch-size, --text-tokens, --frames, --precision and --stage need --memory"
         )
+    if memory and depth is not None:
+        raise ValueError("--depth sets how deep the tree goes; --memory prints tables instead of the tree")
     if memory:
         from omnimm.training.memory import memory_report, part_table, rank_table
 
@@ -329,7 +334,7 @@ def build_command(
         assert isinstance(target, Registry)
         built, label = target.build(config), target.kind
     if hasattr(built, "named_children"):
-        stdout.print(module_tree(built, label=label, depth=depth))
+        stdout.print(module_tree(built, label=label, depth=2 if depth is None else depth))
         total, trainable = parameter_counts(built)
         stdout.print(
             f"total: {total:,} parameters, {trainable:,} trainable, {total - trainable:,} frozen", markup=False

@@ -1,17 +1,27 @@
 """Train a run file (JSON) like train_run.py, alone or under torchrun, and write what each process held at the end
 of each stage to `<output_dir>/held-<rank>.json`: whether FSDP was on, the mesh, the parameter elements this
 process stores against the model's whole count (sharded: about 1/N of them), the bytes of its parameters and of its
-optimizer state, and its resident memory (peak, and at the start before anything was built)."""
+optimizer state, and its resident memory (peak, and at the start before anything was built).
+
+A process that fails writes `<ExceptionType>: <message>` to `<output_dir>/error-<rank>.txt`. Flags that break one
+thing on purpose, for the tests:
+
+- `--without-fsdp-on-cpu`: omnimm's FSDP-on-CPU override does nothing (as if accelerate dropped the plugin);
+- `--accelerate-internals-renamed`: `accelerate.state.PartialState._shared_state` is gone while the override runs;
+- `--fail-final-save`: the first process fails while saving a sharded stage's `final/` (and then waits 3 s).
+"""
 
 import json
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from omnimm.run import RunConfig
+from omnimm.training import distributed
 from omnimm.training import trainer as stages
 
 
@@ -74,6 +84,38 @@ def train_stage(*args, **kwargs):
 train_stage.original = stages.train_stage
 stages.train_stage = train_stage  # run_training looks it up in the module: this records, it changes nothing
 
+
+def _internals_renamed(trainer, settings):
+    import accelerate.state
+
+    shared = accelerate.state.PartialState._shared_state
+    del accelerate.state.PartialState._shared_state
+    try:
+        return _internals_renamed.original(trainer, settings)
+    finally:
+        accelerate.state.PartialState._shared_state = shared
+
+
+def _fail_to_save(model, state):
+    raise OSError("disk full (made up by the test)")
+
+
+if "--without-fsdp-on-cpu" in sys.argv:
+    distributed.use_fsdp_on_cpu = lambda trainer, settings: False
+if "--accelerate-internals-renamed" in sys.argv:
+    _internals_renamed.original = distributed._use_fsdp_on_cpu
+    distributed._use_fsdp_on_cpu = _internals_renamed
+if "--fail-final-save" in sys.argv:
+    distributed.unsharded_copy = _fail_to_save
+
 torch.manual_seed(0)  # every process builds the same initial model
 run = RunConfig.model_validate(json.loads(Path(sys.argv[1]).read_text()))
-stages.run_training(run, resume="--resume" in sys.argv, progress=False)
+try:
+    stages.run_training(run, resume="--resume" in sys.argv, progress=False)
+except Exception as error:
+    rank = os.environ.get("RANK", "0")
+    Path(run.train.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run.train.output_dir) / f"error-{rank}.txt").write_text(f"{type(error).__name__}: {error}")
+    if "--fail-final-save" in sys.argv and rank == "0":
+        time.sleep(3)
+    raise

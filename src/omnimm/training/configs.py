@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from omnimm.configbase import ComponentConfig, Config, field_error
 from omnimm.refs import Ref
@@ -93,7 +94,28 @@ class DistributedConfig(Config):
     zero_stage: Literal[1, 2, 3] | None = None
     """DeepSpeed: 1 shards the optimizer state, 2 also the gradients, 3 also the parameters; default 2."""
     deepspeed_config: str | None = None
-    """DeepSpeed: your own JSON file instead of `zero_stage` (HF fills its `"auto"` values from the stage)."""
+    """DeepSpeed: your own JSON file instead of `zero_stage` (HF fills its `"auto"` values from the stage). It needs a
+    `zero_optimization` object whose `stage` is 0-3 (default 0, as in DeepSpeed), and no `optimizer` or `scheduler`
+    block (the Trainer builds both from the stage); it decides offloading itself (no `cpu_offload`)."""
+
+    _deepspeed_file: dict[str, Any] | None = PrivateAttr(None)  # the file as read by the validator, stage an int
+
+    @property
+    def deepspeed_file(self) -> dict[str, Any] | None:
+        """The `deepspeed_config` file's contents as validated (a copy), its `zero_optimization.stage` an int."""
+        return copy.deepcopy(self._deepspeed_file)
+
+    @property
+    def deepspeed_stage(self) -> int | None:
+        """The ZeRO stage of mode `deepspeed`: `zero_stage`, else the stage the `deepspeed_config` file names, else
+        2 (omnimm's default); None for the other modes."""
+        if self.mode != "deepspeed":
+            return None
+        if self.zero_stage is not None:
+            return self.zero_stage
+        if self._deepspeed_file is not None:
+            return int(self._deepspeed_file["zero_optimization"]["stage"])
+        return 2
 
     @model_validator(mode="after")
     def _options_of_the_mode(self) -> DistributedConfig:
@@ -111,12 +133,23 @@ class DistributedConfig(Config):
             raise field_error("zero_stage", "give zero_stage or deepspeed_config, not both", self.zero_stage)
         if self.mode == "ddp" and self.cpu_offload:
             raise field_error("cpu_offload", "needs mode: fsdp or deepspeed (ddp keeps everything on each device)")
-        if self.deepspeed_config is not None:
-            _check_deepspeed_file(self.deepspeed_config)
+        if self.cpu_offload and self.deepspeed_config is not None:
+            raise field_error(
+                "cpu_offload",
+                "with deepspeed_config your own file decides offloading (zero_optimization.offload_optimizer and "
+                "offload_param): remove cpu_offload or set it in the file",
+            )
+        self._deepspeed_file = read_deepspeed_file(self.deepspeed_config) if self.deepspeed_config else None
         return self
 
 
-def _check_deepspeed_file(path: str) -> None:
+_GATHER_KEYS = ("stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save")
+"""DeepSpeed's switch that gathers ZeRO-3's full weights for a save, and its older name (still read)."""
+
+
+def read_deepspeed_file(path: str) -> dict[str, Any]:
+    """A user's DeepSpeed JSON, checked for what omnimm relies on; its `zero_optimization.stage` as an int (DeepSpeed
+    reads `"3"` as 3, HF and accelerate compare the value with 3). A `field_error` at `deepspeed_config` otherwise."""
     file = Path(path)
     if not file.is_file():
         raise field_error("deepspeed_config", f"no such file: {path}", path)
@@ -125,12 +158,54 @@ def _check_deepspeed_file(path: str) -> None:
     except (ValueError, OSError) as error:
         raise field_error("deepspeed_config", f"{path} is not readable JSON ({error})", path) from None
     if not isinstance(data, dict):
-        raise field_error("deepspeed_config", f"{path} holds a {type(data).__name__}, not a JSON object", path)
-    zero = data.get("zero_optimization") or {}
-    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
-        # without it ZeRO-3 cannot hand the full weights over for model.safetensors
-        message = "ZeRO-3 needs stage3_gather_16bit_weights_on_model_save: true (checkpoints save the full weights)"
+        raise field_error("deepspeed_config", f"{path} holds {_json_kind(data)}, not a JSON object", path)
+    taken = [key for key in ("optimizer", "scheduler") if key in data]
+    if taken:
+        blocks = " and ".join(f'"{key}"' for key in taken)
+        raise field_error(
+            "deepspeed_config",
+            f"{path} sets {blocks}: omnimm's Trainer builds the optimizer (AdamW with the stage's per-part learning "
+            f"rates) and the scheduler (the stage's scheduler); remove {'them' if len(taken) > 1 else 'it'} from the "
+            "file",
+            path,
+        )
+    if "zero_optimization" not in data:
+        message = f'{path} has no "zero_optimization" object (accelerate needs one, e.g. {{"stage": 2}})'
         raise field_error("deepspeed_config", message, path)
+    zero = data["zero_optimization"]
+    if not isinstance(zero, dict):
+        message = f'{path}: "zero_optimization" is {_json_kind(zero)}, not a JSON object (e.g. {{"stage": 2}})'
+        raise field_error("deepspeed_config", message, path)
+    stage = _zero_stage(zero.get("stage", 0))
+    if stage is None:
+        message = f'{path}: "zero_optimization.stage" is {json.dumps(zero["stage"])}; give 0, 1, 2 or 3'
+        raise field_error("deepspeed_config", message, path)
+    if stage == 3 and not any(zero.get(key) is True for key in _GATHER_KEYS):
+        # without it ZeRO-3 cannot hand the full weights over for model.safetensors
+        message = (
+            f"{path}: ZeRO-3 needs stage3_gather_16bit_weights_on_model_save: true (checkpoints save the full weights)"
+        )
+        raise field_error("deepspeed_config", message, path)
+    data["zero_optimization"] = {**zero, "stage": stage}
+    return data
+
+
+def _zero_stage(value: Any) -> int | None:
+    """0-3 from an int or an int-like string (as DeepSpeed coerces it), else None."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 3:
+        return value
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    kinds = {str: "a string", list: "a list", int: "a number", float: "a number", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 CHECKPOINTABLE = ("llm", "encoders", "encoders.*")
@@ -152,17 +227,19 @@ class TrainConfig(Config):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     """How the processes `torchrun --nproc_per_node N` starts share the work (`fsdp` needs at least two)."""
     gradient_checkpointing: list[str] = Field(default_factory=list)
-    """Parts that recompute their activations in the backward pass instead of keeping them: `llm` (HF's
-    `gradient_checkpointing_enable`), `encoders` or `encoders.<key>` (each block of the encoder). Less memory,
-    about one more forward pass of those parts per step; it only acts where a part is on the backward path."""
+    """Parts that recompute their activations in the backward pass instead of keeping them: `llm` (transformers' own
+    activation checkpointing: `activation_checkpointing_enable`, or `gradient_checkpointing_enable` where a model has
+    only that), `encoders` or `encoders.<key>` (the encoder library's switch, else each of its blocks under
+    `torch.utils.checkpoint`). Less memory, about one more forward pass of those parts per step; it only acts where
+    a part is on the backward path (a frozen encoder runs without autograd and is not recomputed)."""
 
-    @field_validator("gradient_checkpointing")
-    @classmethod
-    def _checkpointable(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
+    @model_validator(mode="after")
+    def _checkpointable(self) -> TrainConfig:
+        for index, pattern in enumerate(self.gradient_checkpointing):
             if not any(fnmatch.fnmatch(pattern, allowed) for allowed in CHECKPOINTABLE):
-                raise ValueError(f"'{pattern}' cannot be checkpointed: use llm, encoders or encoders.<key>")
-        return patterns
+                message = f"'{pattern}' cannot be checkpointed: use llm, encoders or encoders.<key>"
+                raise field_error(("gradient_checkpointing", index), message, pattern)
+        return self
 
     @model_validator(mode="after")
     def _precision_fits_the_device(self) -> TrainConfig:

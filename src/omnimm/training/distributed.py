@@ -7,6 +7,9 @@ FSDP on CPU: accelerate turns an FSDP plugin into `DistributedType.FSDP` only fo
 `use_cpu` the state is `MULTI_CPU` and the plugin is dropped without a word, so the Trainer would run plain DDP.
 `use_fsdp_on_cpu` sets the state accelerate would have set on a GPU; everything after it (`fsdp2_prepare_model`,
 `fully_shard` on a CPU mesh over gloo, the sharded optimizer, full state dicts) is accelerate's and torch's own.
+That step reads accelerate's internals (`PartialState._shared_state`, `ParallelismConfig._validate_accelerator`):
+when they change, the run stops with one line naming the versions (`check_engine` also checks, after the Trainer
+is built, that it runs the engine `train.distributed.mode` names).
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from torch import nn
 from omnimm.deps import require
 from omnimm.errors import OmnimmError
 from omnimm.training.configs import DistributedConfig, TrainConfig
+
+ACCELERATE_FOR_FSDP = "1.12"
+"""The oldest accelerate for `mode: fsdp`: FSDP2 plugin arguments, `accelerate.ParallelismConfig` (1.10) and the
+Trainer passing it on for `sharding: hybrid` (transformers asks for accelerate 1.12 there)."""
 
 SHARDING_RESHARD = {"full": True, "hybrid": True, "grad_op": False}
 """FSDP2's `reshard_after_forward` for each `sharding`: `grad_op` keeps the gathered parameters until the
@@ -51,6 +58,8 @@ def check_setup(train: TrainConfig, *, use_cpu: bool) -> None:
             "fsdp shards over several processes: launch with torchrun --nproc_per_node N "
             "(or use mode: ddp for one process)",
         )
+    if distributed.mode == "fsdp":
+        require("accelerate", extra="video", min_version=ACCELERATE_FOR_FSDP, purpose="train.distributed.mode: fsdp")
     if distributed.mode == "deepspeed":
         require("deepspeed", extra="deepspeed", purpose="train.distributed.mode: deepspeed")
         if use_cpu:
@@ -142,11 +151,15 @@ def check_wrap(distributed: DistributedConfig, model: Any) -> None:
             )
 
 
-def deepspeed_config(distributed: DistributedConfig) -> str | dict[str, Any]:
-    """A user's JSON file as it is, else a ZeRO config whose `"auto"` values HF fills from the TrainingArguments
-    (batch sizes, accumulation, clipping, bf16/fp16). The Trainer's AdamW (per-part learning rates) is kept."""
+def deepspeed_config(distributed: DistributedConfig) -> dict[str, Any]:
+    """A user's JSON file as validated (its stage a number: HF and accelerate compare it with 3), else a ZeRO config
+    whose `"auto"` values HF fills from the TrainingArguments (batch sizes, accumulation, clipping, bf16/fp16).
+    Neither has an optimizer or scheduler block: the Trainer's AdamW (per-part learning rates) and schedule run."""
     if distributed.deepspeed_config is not None:
-        return str(distributed.deepspeed_config)
+        file = distributed.deepspeed_file
+        if file is None:  # the config was built without validation
+            raise DistributedSetupError("train.distributed.deepspeed_config", "was not read: validate the config")
+        return file
     stage = distributed.zero_stage or 2
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
     if distributed.cpu_offload:
@@ -172,8 +185,48 @@ def deepspeed_config(distributed: DistributedConfig) -> str | dict[str, Any]:
 def use_fsdp_on_cpu(trainer: Any, distributed: DistributedConfig) -> bool:
     """Give a CPU Trainer the FSDP state accelerate gives a GPU one (see the module's docstring); True if set.
 
-    Must run right after the Trainer made its `Accelerator` and before `train()` prepares the model.
+    Must run right after the Trainer made its `Accelerator` and before `train()` prepares the model. accelerate's
+    private state it relies on, when missing, gives one `DistributedSetupError` naming the installed versions.
     """
+    try:
+        return _use_fsdp_on_cpu(trainer, distributed)
+    except AttributeError as error:
+        raise DistributedSetupError(
+            "train.distributed.mode",
+            f"FSDP on CPU processes relies on accelerate internals this version lacks ({error}; {versions()}); "
+            "run on GPUs or use mode: ddp",
+        ) from error
+
+
+def versions() -> str:
+    """The installed accelerate and transformers, for messages about their behaviour."""
+    from importlib import metadata
+
+    found = []
+    for name in ("accelerate", "transformers"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
+
+
+def check_engine(trainer: Any, distributed: DistributedConfig) -> None:
+    """A `DistributedSetupError` when the Trainer does not run the engine `mode` names (accelerate or transformers
+    dropped a plugin without a word): FSDP or DeepSpeed enabled exactly when asked for."""
+    asked = {"fsdp": (True, False), "deepspeed": (False, True)}.get(distributed.mode, (False, False))
+    enabled = (bool(trainer.is_fsdp_enabled), bool(trainer.is_deepspeed_enabled))
+    if enabled == asked:
+        return
+    running = "FSDP" if enabled[0] else "DeepSpeed" if enabled[1] else "neither FSDP nor DeepSpeed"
+    raise DistributedSetupError(
+        "train.distributed.mode",
+        f"{distributed.mode} was asked for but the Trainer runs {running}: accelerate or transformers did not "
+        f"take the settings ({versions()}, {world_size()} process{'es' if world_size() > 1 else ''})",
+    )
+
+
+def _use_fsdp_on_cpu(trainer: Any, distributed: DistributedConfig) -> bool:
     accelerate_utils = require("accelerate.utils", extra="video", purpose="FSDP")
     state = trainer.accelerator.state
     if trainer.is_fsdp_enabled or trainer.args.fsdp_plugin_args is None:
@@ -225,18 +278,21 @@ def strip_view(name: str) -> str:
     return name.removeprefix("model.")
 
 
-def load_full_state_dict(wrapped: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole-model weights (every process holds them) into a model FSDP2 has sharded: each process keeps
-    its shards. Keys as the omnimm model names them; a tied weight may be there under either of its names."""
+def load_full_state_dict(wrapped: nn.Module, state: dict[str, torch.Tensor], *, from_rank0: bool = False) -> None:
+    """Load whole-model weights into a model FSDP2 has sharded: each process keeps its shards. Keys as the omnimm
+    model names them; a tied weight may be there under either of its names. With `from_rank0` only the first process
+    holds the weights (the others pass an empty dict) and sends each tensor to the others in turn, so one process,
+    not every one, holds the whole model at once."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     prefixed = {f"model.{name}": tensor for name, tensor in state.items()}
-    for name, first in _shared_names(wrapped).items():
+    for name, first in _shared_names(wrapped).items() if prefixed else ():
         if name not in prefixed and first in prefixed:
             prefixed[name] = prefixed[first]
         elif first not in prefixed and name in prefixed:
             prefixed[first] = prefixed[name]
-    set_model_state_dict(wrapped, prefixed, options=StateDictOptions(full_state_dict=True, strict=True))
+    options = StateDictOptions(full_state_dict=True, strict=True, broadcast_from_rank0=from_rank0)
+    set_model_state_dict(wrapped, prefixed, options=options)
 
 
 def _shared_names(model: nn.Module) -> dict[str, str]:
@@ -259,7 +315,12 @@ def without_shared(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str
 def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """A plain (unsharded) model of the same config holding `state`, built without allocating random weights:
     on the meta device, then the weights assigned; buffers outside the state dict (rotary frequencies) are copied
-    from `model`, whose buffers FSDP never shards."""
+    from `model`, whose buffers FSDP never shards.
+
+    Each tensor takes the dtype the config gives it (fp32 unless the config says otherwise): DeepSpeed under
+    bf16/fp16 keeps the model itself in 16 bits and hands over 16-bit weights, which the copy casts back, so the
+    saved folder has the dtypes one process saves (the values are the 16-bit weights; DeepSpeed's fp32 master
+    copies stay in its checkpoint shards)."""
     from omnimm.registry import models
 
     config = model.config.without_weights()
@@ -268,7 +329,8 @@ def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modul
     with torch.device("meta"):
         copy = models.build(config)
     shared = _shared_names(copy)
-    complete = dict(state)
+    dtypes = {name: tensor.dtype for name, tensor in copy.state_dict(keep_vars=True).items()}
+    complete = {name: _as(tensor, dtypes.get(name)) for name, tensor in state.items()}
     for name, twin in shared.items():
         if name not in complete and twin in complete:
             complete[name] = complete[twin]
@@ -281,9 +343,31 @@ def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modul
             source = buffers.get(name)
             if source is None:
                 raise ValueError(f"buffer {name} is in neither the gathered weights nor the model")
-            _set_buffer(copy, name, source.detach().to("cpu").clone())
+            _set_buffer(copy, name, _as(source.detach().to("cpu"), buffer.dtype).clone())
     copy.train(model.training)
     return copy
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """`tensor` in `dtype` when both are floating point (a 16-bit gathered weight back to fp32)."""
+    if dtype is None or tensor.dtype == dtype or not (tensor.is_floating_point() and dtype.is_floating_point):
+        return tensor
+    return tensor.to(dtype)
+
+
+def first_process_outcome(error: BaseException | None) -> None:
+    """After work only the first process did (saving `final/`): every process learns whether it failed. The first
+    re-raises its own error; the others raise one naming it, instead of waiting forever at the next barrier.
+    Every process must call it (it is a collective, and the barrier after the work)."""
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shared = [message]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        message = shared[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"the first process failed to save the stage ({message})")
 
 
 def _set_parameter(model: nn.Module, name: str, parameter: nn.Parameter) -> None:
@@ -308,6 +392,10 @@ def enable_gradient_checkpointing(model: Any, patterns: Sequence[str]) -> list[s
     it has one (timm's and open_clip's `set_grad_checkpointing`, transformers'), else each of its blocks under
     `torch.utils.checkpoint`. It acts only while autograd records: a frozen encoder (run under `no_grad`) is
     unaffected.
+
+    Under FSDP2: transformers and `checkpoint_module` checkpoint a block's `forward`, inside its hooks; timm and
+    open_clip checkpoint the block's call, so the recomputation runs FSDP2's hooks again, and FSDP2 expects that
+    (its pre-forward hook gathers nothing then: the pre-backward hook has gathered the block already).
     """
     from omnimm.training.trainer import resolve_parts
 

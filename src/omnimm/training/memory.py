@@ -9,7 +9,6 @@ on the meta device: only shapes and dtypes are read. `omnimm build CONFIG --memo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -127,6 +126,8 @@ def check_mode(mode: str, world_size: int) -> None:
         raise ValueError(f"--world-size must be at least 1, not {world_size}")
     if mode == "single" and world_size > 1:
         raise ValueError(f"--mode single is one process; --world-size {world_size} needs ddp, fsdp or zero1-3")
+    if SHARDED[mode] and world_size < 2:
+        raise ValueError(f"--mode {mode} shards over several processes: give --world-size 2 or more")
 
 
 def check_precision(precision: str) -> None:
@@ -139,16 +140,13 @@ def _share(nbytes: int, world: int, sharded: bool) -> int:
 
 
 def distributed_mode(train: Any) -> str | None:
-    """The mode a run's `train.distributed` section names (`ddp`, `fsdp`, `deepspeed` as its ZeRO stage), if any."""
+    """The mode a run's `train.distributed` section names (`ddp`, `fsdp`, `deepspeed` as its ZeRO stage: the
+    stage the validated config holds, `zero_stage` or the file's), if any."""
     distributed = getattr(train, "distributed", None)
     mode = getattr(distributed, "mode", None)
     if mode == "deepspeed":
-        stage = getattr(distributed, "zero_stage", None)
-        if stage is None and getattr(distributed, "deepspeed_config", None):
-            with open(distributed.deepspeed_config, encoding="utf-8") as file:
-                stage = json.load(file).get("zero_optimization", {}).get("stage", 0)
-        stage = 2 if stage is None else int(stage)  # DeepSpeedConfig's default here, as the trainer maps it
-        return f"zero{stage}" if stage else "ddp"
+        stage = distributed.deepspeed_stage
+        return f"zero{stage}" if stage else "ddp"  # ZeRO stage 0 is plain data parallelism
     return mode
 
 
@@ -180,6 +178,8 @@ def estimate_memory(
     the visual tokens; `checkpointed` names parts run with activation (gradient) checkpointing (`encoders` covers
     every `encoders.<key>`).
     """
+    if mode == "ddp" and world_size == 1:
+        mode = "single"  # one process averages nothing: what it holds is a single process's
     check_mode(mode, world_size)
     check_precision(precision)
     if batch_size < 1:
@@ -197,7 +197,8 @@ def estimate_memory(
     parts = []
     for name, module in rows.items():
         keeps = _keeps_activations(name, trained)
-        check = name in checkpointed or name.split(".")[0] in checkpointed
+        # checkpointing recomputes only what the backward pass runs through (a frozen encoder runs without autograd)
+        check = keeps and (name in checkpointed or name.split(".")[0] in checkpointed)
         activations = _activation_bytes(model, name, module, shape, trained=name in trained, keeps=keeps, check=check)
         parts.append(_part_memory(name, module, precision, activations, keeps=keeps, checkpointed=check))
     parts += _leftover(model, rows)
@@ -499,7 +500,7 @@ def memory_report(
     *,
     registry: Any = None,
     mode: str | None = None,
-    world_size: int = 1,
+    world_size: int | None = None,
     batch_size: int | None = None,
     precision: str | None = None,
     frames: int | None = None,
@@ -511,15 +512,25 @@ def memory_report(
     no weights are allocated or loaded, so a 7B configuration is estimated on a laptop.
 
     Defaults come from the run: `batch_size` from the stage, `precision` and gradient checkpointing from
-    `train:`, `mode` from `train.distributed` when `world_size` > 1 (one process is `single`).
+    `train:`, `mode` from `train.distributed` (a sharded one needs `world_size`; `ddp` on one process is `single`),
+    `world_size` 1. Without a run, `mode` is `single` on one process and `ddp` on several.
     """
     from omnimm.registry import models
     from omnimm.run import RunConfig
 
     train = config.train if isinstance(config, RunConfig) else None
+    run_mode = distributed_mode(train)
+    world = 1 if world_size is None else world_size
+    if mode is None and run_mode is not None and SHARDED[run_mode] and world == 1:
+        distributed = train.distributed
+        named = f"mode: deepspeed, ZeRO-{distributed.deepspeed_stage}" if distributed.mode == "deepspeed" else None
+        raise ValueError(
+            f"the run's train.distributed ({named or f'mode: {distributed.mode}'}) shards over several processes: "
+            "give --world-size N (the processes torchrun starts), or --mode single"
+        )
     if mode is None:
-        mode = (distributed_mode(train) or "ddp") if world_size > 1 else "single"
-    check_mode(mode, world_size)
+        mode = run_mode or ("ddp" if world > 1 else "single")
+    check_mode(mode, world)
     if precision is None:
         precision = train.precision if train is not None else "fp32"
     check_precision(precision)
@@ -544,7 +555,7 @@ def memory_report(
             estimate_memory(
                 model,
                 mode=mode,
-                world_size=world_size,
+                world_size=world,
                 batch_size=batch_size if batch_size is not None else (chosen.batch_size if chosen else 1),
                 precision=precision,
                 frames=frames,

@@ -35,6 +35,9 @@ TRAINER_STATE_FILE = "trainer_state.json"  # written last by Trainer._save_check
 CHECKPOINT_FILES = (WEIGHTS_FILE, "optimizer.pt", "scheduler.pt", TRAINER_STATE_FILE)
 FSDP_OPTIMIZER_FILE = "optimizer.bin"  # accelerate's save_fsdp_optimizer: the full optimizer state, from rank 0
 DEEPSPEED_OPTIMIZER_FILE = "latest"  # DeepSpeed's save_checkpoint names its shard folder there, once written
+OPTIMIZER_FILES = {"ddp": "optimizer.pt", "fsdp": FSDP_OPTIMIZER_FILE, "deepspeed": DEEPSPEED_OPTIMIZER_FILE}
+"""The optimizer's file in a checkpoint each `train.distributed.mode` writes (one process writes ddp's); a checkpoint
+written under one mode cannot be resumed under another."""
 
 
 def resolve_parts(model: Any, patterns: Sequence[str]) -> list[str]:
@@ -103,8 +106,10 @@ def safetensors_trainer_class() -> type:
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             weights = str(Path(resume_from_checkpoint) / WEIGHTS_FILE)
-            if self.is_fsdp_enabled:  # every process reads the whole file and keeps its shards
-                distributed.load_full_state_dict(model or self.model_wrapped, safetensors_torch.load_file(weights))
+            if self.is_fsdp_enabled:  # the first process reads the file and sends each tensor to the others' shards
+                first = self.accelerator.process_index == 0
+                state = safetensors_torch.load_file(weights) if first else {}
+                distributed.load_full_state_dict(model or self.model_wrapped, state, from_rank0=True)
                 return
             target = _inner(self.accelerator.unwrap_model(model if model is not None else self.model))
             safetensors_torch.load_model(target, weights)
@@ -293,9 +298,8 @@ def train_stage(
         stage=stage,
         train=train,
     )
-    optimizer = "optimizer.pt"
-    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        optimizer = FSDP_OPTIMIZER_FILE if trainer.is_fsdp_enabled else DEEPSPEED_OPTIMIZER_FILE
+    distributed.check_engine(trainer, train.distributed)  # the engine the mode names, not a silent fallback
+    optimizer = OPTIMIZER_FILES[train.distributed.mode]
     checkpoint = last_complete_checkpoint(output, stage.name, optimizer=optimizer) if resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
     # The collator runs in the main process whatever the number of data-loading workers, so its counts are complete.
@@ -328,9 +332,13 @@ def run_training(run: RunConfig, *, resume: bool = False, progress: bool = True,
             continue
         if stage.lora is not None and stage.lora.merge:
             model.merge_lora()
+        failed = None
         if trainer.is_world_process_zero():
-            model.save_pretrained(final)
-        trainer.accelerator.wait_for_everyone()
+            try:
+                model.save_pretrained(final)
+            except Exception as error:  # every process learns it below, instead of waiting at a barrier
+                failed = error
+        distributed.first_process_outcome(failed)
     return model
 
 
@@ -342,14 +350,18 @@ def _save_sharded(trainer: Any, model: Any, stage: StageConfig, final: Path) -> 
     again by another Trainer nor saved by `save_pretrained`.
     """
     state = distributed.full_state_dict(trainer)
+    failed = None
     if trainer.is_world_process_zero():
-        plain = distributed.unsharded_copy(model, state)
-        if stage.lora is not None and stage.lora.merge:
-            plain.merge_lora()
-        plain.save_pretrained(final)
-        del plain
+        try:
+            plain = distributed.unsharded_copy(model, state)
+            if stage.lora is not None and stage.lora.merge:
+                plain.merge_lora()
+            plain.save_pretrained(final)
+            del plain
+        except Exception as error:  # every process learns it below, instead of waiting at a barrier
+            failed = error
     del state
-    trainer.accelerator.wait_for_everyone()
+    distributed.first_process_outcome(failed)
     cache = getattr(model, "feature_cache", None)
     model = type(model).from_pretrained(final)
     if cache is not None:  # the saved config leaves the cache folder out
@@ -360,7 +372,9 @@ def _save_sharded(trainer: Any, model: Any, stage: StageConfig, final: Path) -> 
 def last_complete_checkpoint(output: Path, stage: str = "", *, optimizer: str = "optimizer.pt") -> str | None:
     """The newest `checkpoint-N` in `output` that holds everything a resume reads; the newer, incomplete ones (a
     run killed while saving) are skipped with a warning saying why. None when there is none. `optimizer` names
-    the optimizer's file (`optimizer.bin` under FSDP, DeepSpeed's `latest` under DeepSpeed)."""
+    the optimizer's file (`optimizer.bin` under FSDP, DeepSpeed's `latest` under DeepSpeed); a checkpoint that
+    holds another mode's instead stops the resume with a `DistributedSetupError` (started afresh, the stage would
+    overwrite it and rotation would delete it)."""
     found = []
     for path in output.iterdir() if output.is_dir() else []:
         match = CHECKPOINT.fullmatch(path.name)
@@ -372,10 +386,26 @@ def last_complete_checkpoint(output: Path, stage: str = "", *, optimizer: str = 
         if problem is None:
             log.info("%sresuming from %s", where, path)
             return str(path)
+        _check_written_under(path, optimizer, where)
         log.warning("%sskipping %s, incomplete (a save cut short?): %s", where, path, problem)
     if found:
         log.warning("%sno complete checkpoint in %s: the stage starts from its beginning", where, output)
     return None
+
+
+def _check_written_under(folder: Path, optimizer: str, where: str) -> None:
+    """A `DistributedSetupError` when `folder` lacks this mode's optimizer file but holds another mode's."""
+    if (folder / optimizer).exists():
+        return
+    modes = {file: mode for mode, file in OPTIMIZER_FILES.items()}
+    for file, mode in modes.items():
+        if file != optimizer and (folder / file).exists():
+            this = modes.get(optimizer, optimizer)
+            raise distributed.DistributedSetupError(
+                "train.distributed.mode",
+                f"{where}{folder} was written under mode {mode} (it holds {file}), this run uses {this}: resume "
+                f"with mode: {mode}, or move the stage's checkpoints away to train it from the start",
+            )
 
 
 def checkpoint_problem(folder: Path, step: int, *, optimizer: str = "optimizer.pt") -> str | None:
