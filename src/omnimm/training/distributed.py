@@ -397,7 +397,7 @@ def enable_gradient_checkpointing(model: Any, patterns: Sequence[str]) -> list[s
     open_clip checkpoint the block's call, so the recomputation runs FSDP2's hooks again, and FSDP2 expects that
     (its pre-forward hook gathers nothing then: the pre-backward hook has gathered the block already).
     """
-    from omnimm.training.trainer import resolve_parts
+    from omnimm.training.parts import resolve_parts
 
     parts = model.parts()
     chosen = resolve_parts(model, patterns)

@@ -152,7 +152,7 @@ def distributed_mode(train: Any) -> str | None:
 
 def prepare_stage(model: Any, stage: Any) -> None:
     """Make the model look as it does during `stage`: its LoRA adapters added, only the parts it trains trainable."""
-    from omnimm.training.trainer import set_trainable
+    from omnimm.training.parts import set_trainable
 
     if stage.lora is not None and not getattr(model, "has_lora", False):
         lora = stage.lora
@@ -568,6 +568,6 @@ def memory_report(
 
 
 def _resolve(model: Any, patterns: Iterable[str]) -> list[str]:
-    from omnimm.training.trainer import resolve_parts
+    from omnimm.training.parts import resolve_parts
 
     return resolve_parts(model, list(patterns)) if hasattr(model, "parts") else []

@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from omnimm.registry import datasets, models
 from omnimm.run import RunConfig
 from omnimm.training import distributed
 from omnimm.training.configs import StageConfig, TrainConfig
+from omnimm.training.parts import resolve_parts, set_trainable
 
 log = logging.getLogger("omnimm.training")
 
@@ -38,30 +38,6 @@ DEEPSPEED_OPTIMIZER_FILE = "latest"  # DeepSpeed's save_checkpoint names its sha
 OPTIMIZER_FILES = {"ddp": "optimizer.pt", "fsdp": FSDP_OPTIMIZER_FILE, "deepspeed": DEEPSPEED_OPTIMIZER_FILE}
 """The optimizer's file in a checkpoint each `train.distributed.mode` writes (one process writes ddp's); a checkpoint
 written under one mode cannot be resumed under another."""
-
-
-def resolve_parts(model: Any, patterns: Sequence[str]) -> list[str]:
-    """Part names matching the patterns (wildcards allowed), in the model's order."""
-    parts = list(model.parts())
-    return [part for part in parts if any(fnmatch.fnmatch(part, pattern) for pattern in patterns)]
-
-
-def set_trainable(model: Any, patterns: Sequence[str]) -> list[str]:
-    """Make exactly the parameters of the matching parts trainable (with LoRA on the LLM, only its adapters).
-
-    Returns the names of the trainable parameters.
-    """
-    model.requires_grad_(False)
-    named = model.parts()
-    lora = bool(getattr(model, "has_lora", False))
-    for part in resolve_parts(model, patterns):
-        module = named[part]
-        if part == "llm" and lora:
-            for name, parameter in module.named_parameters():
-                parameter.requires_grad_("lora_" in name)
-        else:
-            module.requires_grad_(True)
-    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
 
 
 class TrainerView(torch.nn.Module):
