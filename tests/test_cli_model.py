@@ -149,6 +149,12 @@ def test_eval_writes_predictions_and_metrics(cli, saved_model, shapes, tmp_path)
         (["ask", "{tmp}/no-llm", "{tmp}/clip.mkv", "what?"], "not a complete saved model"),
         (["ask", "{tmp}/bad-weights", "{tmp}/clip.mkv", "what?"], "not a readable safetensors file"),
         (["ask", "{tmp}/not-video", "{tmp}/clip.mkv", "what?"], "is not a video LLM"),
+        # inputs are checked before the model is read: a bad video or data file is named even beside a bad model
+        (["ask", "{tmp}/bad-weights", "{tmp}/missing.mkv", "what?"], "missing.mkv: file not found"),
+        (
+            ["eval", "{tmp}/bad-weights", "--data", "{tmp}/nope.yaml", "-e", "omnimm/choice-accuracy"],
+            "config file not found",
+        ),
     ],
 )
 def test_bad_input_gives_one_line(cli, saved_model, tmp_path, args, expected):

@@ -539,11 +539,13 @@ def ask_command(
     """Ask a trained video LLM about a video; the reply streams as it is generated."""
     import torch
 
+    from omnimm.video import check_media_file
     from omnimm.videollm.stream import ReplyStreamer
 
     if question is None and not chat:
         stderr.print("error: give a QUESTION, or --chat for a conversation", markup=False)
         raise typer.Exit(2)
+    check_media_file(video)  # before the model loads: a mistyped path fails in a moment
     model = _load_model(model_path).eval()
     clip = model.processor.read(video)
     if clip.repeated:
@@ -614,9 +616,10 @@ def eval_command(
     folder = _model_folder(model_path)
     scorers = {_evaluator_label(spec): _evaluator(spec) for spec in evaluator}
     target = _eval_device(device)
+    data_config = _dataset_config(data)  # a bad data file is reported before the model loads
     with distributed() as (rank, _):
         model = _load_model(folder).to(target)
-        dataset = datasets.build(_dataset_config(data), processor=model.processor)
+        dataset = datasets.build(data_config, processor=model.processor)
         out = output or folder / "eval"
         result = evaluate(
             model,

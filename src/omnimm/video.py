@@ -66,7 +66,8 @@ def uniform_indices(total: int, count: int) -> list[int]:
     return [int(i) for i in np.linspace(0, total - 1, count).astype(np.int64)]
 
 
-def _check_file(path: Path) -> None:
+def check_media_file(path: Path) -> None:
+    """Raise a one-line `MediaError` for a path that is missing, not a file, or empty: before any slow work."""
     if not path.exists():
         raise MediaError(str(path), "file not found")
     if not path.is_file():
@@ -80,7 +81,7 @@ def read_image(path: str | os.PathLike[str]) -> VideoClip:
     from PIL import Image, UnidentifiedImageError
 
     file = Path(path)
-    _check_file(file)
+    check_media_file(file)
     try:
         with Image.open(file) as image:
             frame = np.asarray(image.convert("RGB"))
@@ -136,7 +137,7 @@ def read_video(
         raise ValueError(f"fps must be > 0, got {fps}")
     av = require("av", extra="video", purpose="video decoding")
     file = Path(path)
-    _check_file(file)
+    check_media_file(file)
     try:
         with av.open(str(file)) as container:
             if not container.streams.video:
