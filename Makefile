@@ -45,8 +45,11 @@ demo-favchat:
 	$(BIN)/python -m pip install --quiet -e ".[favchat]"
 	$(BIN)/omnimm demo favchat
 
+# The test files are spread over up to TEST_WORKERS processes (each file stays on one, so its fixtures are built
+# once); `make test TEST_WORKERS=0` runs them in this process, one after another.
+TEST_WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --durations 15
 	$(MKDOCS) build --strict --quiet
 	$(MAKE) test-floor
 
@@ -57,7 +60,8 @@ FLOOR_PACKAGES := transformers==5.2.0 huggingface_hub==1.33.0 tokenizers==0.22.2
 test-floor: $(BIN)/.installed-dev
 	test -f $(FLOOR)/.installed || ($(BIN)/python -m pip install --quiet --no-deps --target $(FLOOR) $(FLOOR_PACKAGES) \
 		&& touch $(FLOOR)/.installed)
-	PYTHONPATH=$(FLOOR) OMNIMM_EXPECT_TRANSFORMERS=5.2.0 $(BIN)/python -m pytest -q tests/test_versions.py \
+	PYTHONPATH=$(FLOOR) OMNIMM_EXPECT_TRANSFORMERS=5.2.0 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 \
+		--dist loadfile tests/test_versions.py \
 		tests/test_llm.py tests/test_attention.py tests/test_videollm.py tests/test_composition.py
 
 lint: $(BIN)/.installed-dev

@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist's workers set COLUMNS=80 (and LINES): the CLI's tables, in subprocesses and in this process, would
+# then wrap as on a narrow terminal. The suite sees output going to a pipe, as a user's script does.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 OMNIMM = Path(sys.executable).with_name("omnimm")
