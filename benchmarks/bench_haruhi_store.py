@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -11,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ QUERY_POOL = 1_000  # real vectors held out of every store
 QUERIES = 1_000
 QUICK_QUERIES = 300
 WARMUP = 20
+ROUNDS = 3  # ours and Chroma alternate, round by round
 DERIVE_NEIGHBOURS = 10
 KINDS = os.environ.get("OMNIMM_BENCH_KINDS", "flat,hnsw,ivf").split(",")  # measured besides the default
 
@@ -148,6 +151,24 @@ def latencies(search: Any, queries: np.ndarray, warmup: int = WARMUP) -> tuple[n
     return np.asarray(times) * 1000, answers
 
 
+def alternating(search: Any, reference: Any | None, queries: np.ndarray) -> tuple[np.ndarray, list[Any], np.ndarray]:
+    """`search` and `reference` (Chroma) timed in ROUNDS alternating rounds over the same queries: a slow spell of
+    the machine (seen here: 2x on the same exact search an hour apart) then falls on both, and their ratio holds.
+    Returns our latencies (every round), our answers (first round) and the reference's latencies."""
+    ours, theirs, answers = [], [], None
+    for _ in range(ROUNDS):
+        ms, found = latencies(search, queries)
+        ours.append(ms)
+        answers = answers if answers is not None else found
+        if reference is not None:
+            theirs.append(latencies(reference, queries)[0])
+    return np.concatenate(ours), answers or [], np.concatenate(theirs) if theirs else np.zeros(0)
+
+
+def timing(ms: np.ndarray) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "qps": 1000 / ms.mean()}
+
+
 def recall(found: list[list[int]], truth: Any) -> float:
     """Mean recall@k of `found` against the exact ids `truth` (one row per query)."""
     return float(np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)]))
@@ -165,9 +186,11 @@ def measure_ours(
     truth: np.ndarray,
     single: int,
     match: float | None = None,
+    reference: Any | None = None,
 ) -> dict[str, Any]:
-    """One store built from `vectors`; with `match` (Chroma's recall@10), also the same index at the smallest
-    setting of the tuning ladder that reaches it on these queries (a matched-recall comparison)."""
+    """One store built from `vectors`, timed alternately with `reference` (Chroma's search); with `match` (Chroma's
+    recall@10), also the same index at the smallest setting of the tuning ladder that reaches it on these queries
+    (a matched-recall comparison)."""
     import faiss
 
     from omnimm_plugins.haruhi.store import FaissMemory
@@ -178,7 +201,9 @@ def measure_ours(
     started = time.perf_counter()
     store.add(vectors, [f"memory {i}" for i in ids], ids=ids)
     build = time.perf_counter() - started
-    ms, found = latencies(lambda q, s=store: [h.id for h in s.search(q, K)[0]], queries[:single])
+    ms, found, reference_ms = alternating(
+        lambda q, s=store: [h.id for h in s.search(q, K)[0]], reference, queries[:single]
+    )
     started = time.perf_counter()
     batch = store.search_batch(queries, K)
     batch_qps = len(queries) / (time.perf_counter() - started)
@@ -201,9 +226,8 @@ def measure_ours(
         "setting": setting,
         "build_seconds": build,
         "save_seconds": save,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "qps": 1000 / float(ms.mean()),
+        **timing(ms),
+        "reference_timing": timing(reference_ms) if len(reference_ms) else None,
         "batch_qps": batch_qps,
         "recall_at_10": recall(found, truth[:single]),
         "batch_recall_at_10": recall([[h.id for h in row] for row in batch], truth),
@@ -212,13 +236,15 @@ def measure_ours(
         "threads_restored": faiss.omp_get_max_threads() == threads_before,
     }
     if match is not None and calibration is not None and row["recall_at_10"] < match:
-        row["matched"] = measure_matched(store, queries, truth, match)
+        row["matched"] = measure_matched(store, queries, truth, match, reference)
     del store
     gc.collect()
     return row
 
 
-def measure_matched(store: Any, queries: np.ndarray, truth: np.ndarray, match: float) -> dict[str, Any]:
+def measure_matched(
+    store: Any, queries: np.ndarray, truth: np.ndarray, match: float, reference: Any | None
+) -> dict[str, Any]:
     """Single-query speed of `store`'s index at the smallest ladder setting whose recall@10 here reaches `match`."""
     from omnimm_plugins.haruhi import store as module
 
@@ -228,19 +254,20 @@ def measure_matched(store: Any, queries: np.ndarray, truth: np.ndarray, match: f
         store.config = store.config.model_copy(update={parameter: value})
         if recall([[h.id for h in row] for row in store.search_batch(queries, K)], truth) >= match:
             break
-    ms, found = latencies(lambda q, s=store: [h.id for h in s.search(q, K)[0]], queries)
+    ms, found, reference_ms = alternating(lambda q, s=store: [h.id for h in s.search(q, K)[0]], reference, queries)
     return {
         "setting": f"{parameter} {value}",
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "qps": 1000 / float(ms.mean()),
+        **timing(ms),
+        "reference_timing": timing(reference_ms) if len(reference_ms) else None,
         "recall_at_10": recall(found, truth),
     }
 
 
-def measure_chroma(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, single: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def chroma_store(vectors: np.ndarray) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
     """Chroma in this process (PersistentClient in a temp folder, cosine space, its default HNSW), as ChatHaruhi uses
-    it: add in batches of its maximum size, query one embedding at a time with documents and distances."""
+    it: added in batches of its maximum size. Yields (collection, one-query search, build facts); the collection
+    stays open so that its queries can alternate with ours."""
     import chromadb
 
     with tempfile.TemporaryDirectory() as folder:
@@ -257,32 +284,36 @@ def measure_chroma(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, 
             )
         build = time.perf_counter() - started
 
-        def search(query: np.ndarray, collection: Any = collection) -> list[int]:
+        def search(query: np.ndarray) -> list[int]:  # one embedding at a time, with documents and distances
             answer = collection.query(query_embeddings=query[None], n_results=K, include=["documents", "distances"])
             return [int(i) for i in answer["ids"][0]]
 
-        ms, found = latencies(search, queries[:single])
-        started = time.perf_counter()
-        answer = collection.query(query_embeddings=queries, n_results=K, include=["documents", "distances"])
-        batch_qps = len(queries) / (time.perf_counter() - started)
-        batch_found = [[int(i) for i in row] for row in answer["ids"]]
-        size = folder_bytes(Path(folder))
         hnsw = collection.configuration["hnsw"]
-        del collection, client
-        gc.collect()
+        facts = {
+            "label": f"Chroma {chromadb.__version__}",
+            "kind": "hnsw",
+            "setting": f"M {hnsw['max_neighbors']}, ef_construction {hnsw['ef_construction']}, "
+            f"ef_search {hnsw['ef_search']}",
+            "build_seconds": build,
+            "bytes_per_memory": folder_bytes(Path(folder)) / len(vectors),
+        }
+        yield collection, search, facts
+    gc.collect()  # the client and its index go with this frame
+
+
+def measure_chroma(collection: Any, search: Any, facts: dict[str, Any], queries: np.ndarray, truth: np.ndarray) -> dict:
+    """Chroma's recall and its batch speed (its single-query speed is taken beside each of our stores)."""
+    ms, found = latencies(search, queries)
+    started = time.perf_counter()
+    answer = collection.query(query_embeddings=queries, n_results=K, include=["documents", "distances"])
+    batch_qps = len(queries) / (time.perf_counter() - started)
+    batch_found = [[int(i) for i in row] for row in answer["ids"]]
     return {
-        "label": f"Chroma {chromadb.__version__}",
-        "kind": "hnsw",
-        "setting": f"M {hnsw['max_neighbors']}, ef_construction {hnsw['ef_construction']}, "
-        f"ef_search {hnsw['ef_search']}",
-        "build_seconds": build,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "qps": 1000 / float(ms.mean()),
+        **facts,
+        **timing(ms),
         "batch_qps": batch_qps,
-        "recall_at_10": recall(found, truth[:single]),
+        "recall_at_10": recall(found, truth),
         "batch_recall_at_10": recall(batch_found, truth),
-        "bytes_per_memory": size / len(vectors),
     }
 
 
@@ -297,19 +328,23 @@ def bench_size(n: int, pool: np.ndarray, queries: np.ndarray, key: str, chroma: 
     vectors = derived_vectors(pool, n, key) if n > len(pool) else pool[:n]
     _, truth = faiss.knn(queries, vectors, K, metric=faiss.METRIC_INNER_PRODUCT)
     flat_queries = min(len(queries), max(100, int(2e8 / n)))  # exact search at 1M is ~50 ms a query
-    reference = measure_chroma(vectors, queries, truth, len(queries)) if chroma else None
-    match = reference["recall_at_10"] if reference else None
-    measured = [measure_ours("default", MemoryStoreConfig(), vectors, queries, truth, len(queries), match)]
-    kind = measured[0]["kind"]
-    if "matched" in measured[0]:
-        matched = measured[0].pop("matched")
-        label = f"default index at Chroma's recall ({matched['setting']}, chosen on these queries)"
-        measured.append({**measured[0], **matched, "label": label, "batch_qps": None, "batch_recall_at_10": None})
-    for other in KINDS:
-        if other != kind:
-            config = MemoryStoreConfig(index=other)
-            single = flat_queries if other == "flat" else len(queries)
-            measured.append(measure_ours(other, config, vectors, queries, truth, single))
+    with contextlib.ExitStack() as stack:
+        reference, search = None, None
+        if chroma:
+            collection, search, facts = stack.enter_context(chroma_store(vectors))
+            reference = measure_chroma(collection, search, facts, queries, truth)
+        match = reference["recall_at_10"] if reference else None
+        default = measure_ours("default", MemoryStoreConfig(), vectors, queries, truth, len(queries), match, search)
+        measured = [default]
+        if "matched" in default:
+            matched = default.pop("matched")
+            label = f"default index at Chroma's recall ({matched['setting']}, chosen on these queries)"
+            measured.append({**default, **matched, "label": label, "batch_qps": None, "batch_recall_at_10": None})
+        for other in KINDS:
+            if other != default["kind"]:
+                config = MemoryStoreConfig(index=other)
+                single = flat_queries if other == "flat" else len(queries)
+                measured.append(measure_ours(other, config, vectors, queries, truth, single, reference=search))
     rows = []
     for result in measured:
         label = result["label"] + ("" if result["label"] == result["kind"] else f" ({result['kind']})")
@@ -317,7 +352,11 @@ def bench_size(n: int, pool: np.ndarray, queries: np.ndarray, key: str, chroma: 
             f"{result['setting']}; recall@10 {result['recall_at_10']:.3f}"
             + (f" vs {reference['recall_at_10']:.3f}" if reference else "")
             + f"; p50/p99 {result['p50_ms']:.3g}/{result['p99_ms']:.3g} ms"
-            + (f" vs {reference['p50_ms']:.3g}/{reference['p99_ms']:.3g}" if reference else "")
+            + (
+                f" vs {result['reference_timing']['p50_ms']:.3g}/{result['reference_timing']['p99_ms']:.3g}"
+                if reference
+                else ""
+            )
             + (f"; batch {result['batch_qps']:,.0f} QPS" if result["batch_qps"] else "")
             + f"; build {result['build_seconds']:.1f} s"
             + (f" vs {reference['build_seconds']:.1f}" if reference else "")
@@ -330,8 +369,9 @@ def bench_size(n: int, pool: np.ndarray, queries: np.ndarray, key: str, chroma: 
                 "ours_label": f"haruhi/memory {label}",
                 "reference_label": reference["label"] if reference else "Chroma (not run)",
                 "ours": result["qps"],
-                "reference": reference["qps"] if reference else None,
-                "ratio": result["qps"] / reference["qps"] if reference else None,
+                # Chroma's single-query QPS timed in the rounds alternating with this store's
+                "reference": result["reference_timing"]["qps"] if reference else None,
+                "ratio": result["qps"] / result["reference_timing"]["qps"] if reference else None,
                 "unit": "QPS",
                 "notes": notes,
                 "memories": n,
