@@ -53,13 +53,16 @@ test: lint
 	$(MKDOCS) build --strict --quiet
 	$(MAKE) test-floor
 
-# The lowest transformers the project declares (and the hub and tokenizers releases it needs), layered over the dev
-# environment: the LLM, attention and video-LLM tests run against it.
+# The lowest transformers the project declares (and the hub, tokenizers and kernels releases it needs: newer
+# transformers need kernels 0.19, which 5.2.0 cannot import), layered over the dev environment: the LLM, attention
+# and video-LLM tests run against it. The folder is rebuilt when the list changes.
 FLOOR := .venv-floor
-FLOOR_PACKAGES := transformers==5.2.0 huggingface_hub==1.33.0 tokenizers==0.22.2 httpx==0.28.1 httpcore==1.0.9
+FLOOR_PACKAGES := transformers==5.2.0 huggingface_hub==1.33.0 tokenizers==0.22.2 kernels==0.10.5 httpx==0.28.1 \
+	httpcore==1.0.9
 test-floor: $(BIN)/.installed-dev
-	test -f $(FLOOR)/.installed || ($(BIN)/python -m pip install --quiet --no-deps --target $(FLOOR) $(FLOOR_PACKAGES) \
-		&& touch $(FLOOR)/.installed)
+	grep -qxF '$(FLOOR_PACKAGES)' $(FLOOR)/.installed 2>/dev/null || (rm -rf $(FLOOR) \
+		&& $(BIN)/python -m pip install --quiet --no-deps --target $(FLOOR) $(FLOOR_PACKAGES) \
+		&& echo '$(FLOOR_PACKAGES)' > $(FLOOR)/.installed)
 	PYTHONPATH=$(FLOOR) OMNIMM_EXPECT_TRANSFORMERS=5.2.0 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 \
 		--dist loadfile tests/test_versions.py \
 		tests/test_llm.py tests/test_attention.py tests/test_videollm.py tests/test_composition.py
