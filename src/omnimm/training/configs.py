@@ -203,7 +203,7 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return f"{str(value).lower()}"
+        return str(value).lower()
     kinds = {str: "a string", list: "a list", int: "a number", float: "a number", dict: "an object"}
     return kinds.get(type(value), type(value).__name__)
 
