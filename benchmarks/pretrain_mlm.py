@@ -1,14 +1,15 @@
 """Pretrain a small BERT with masked-language modelling only, offline: the MLM-only start of the recse experiments.
 
-    nice -n 10 .venv/bin/python benchmarks/pretrain_mlm.py            # ~15 minutes on 2 CPU cores
-    nice -n 10 .venv/bin/python benchmarks/pretrain_mlm.py --minutes 1 --out /tmp/mlm   # a smoke run
+    .venv/bin/python benchmarks/pretrain_mlm.py                        # STEPS steps; see mlm.json for the time
+    .venv/bin/python benchmarks/pretrain_mlm.py --steps 20 --out /tmp/mlm   # a smoke run
 
 A BertForMaskedLM built from a config (4 layers x 256 hidden x 4 heads) with all-MiniLM-L6-v2's packaged WordPiece
 tokenizer, trained on tinyshakespeare speech lines and STS-B *train* sentences (every STS-B dev/test sentence removed,
-see `omnimm_plugins.recse.training.load_sentences`), 15% masking by `DataCollatorForLanguageModeling`, seeded. It is
-saved once as a safetensors folder (default `~/.cache/omnimm/bench/mlm-bert`, or `$OMNIMM_MLM_BERT`) with `mlm.json`
-beside the weights: size, steps, final training loss and held-out MLM loss. On this budget the model is weak (a few
-million tokens seen); it is a genuinely MLM-only start, not a competitive BERT.
+see `omnimm_plugins.recse.training.load_sentences`), 15% masking by `DataCollatorForLanguageModeling`, seeded, for a
+fixed number of steps (linear warm-up, then linear decay to zero): the same command gives the same checkpoint on any
+machine, however fast. It is saved once as a safetensors folder (default `~/.cache/omnimm/bench/mlm-bert`, or
+`$OMNIMM_MLM_BERT`) with `mlm.json` beside the weights: size, steps, final training loss and held-out MLM loss. On
+this budget the model is weak (a few million tokens seen); it is a genuinely MLM-only start, not a competitive BERT.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ STSB = SHARED / "stsb"
 SCRIPT = SHARED / "tinyshakespeare" / "input.txt"
 DEFAULT = Path.home() / ".cache" / "omnimm" / "bench" / "mlm-bert"
 ARCHITECTURE = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024}
-SEED, BATCH, MAX_LENGTH, LEARNING_RATE, HELD_OUT = 0, 64, 32, 5e-4, 1000
+SEED, BATCH, MAX_LENGTH, LEARNING_RATE, HELD_OUT, WARMUP = 0, 64, 32, 5e-4, 1000, 200
+STEPS = 3000
 
 
 def checkpoint_dir() -> Path:
@@ -63,15 +65,13 @@ def held_out_loss(model: Any, batches: list[dict[str, Any]]) -> float:
     return sum(losses) / len(losses)
 
 
-def pretrain(minutes: float, out: Path) -> dict[str, Any]:
+def pretrain(steps: int, out: Path) -> dict[str, Any]:
     import torch
     import transformers
 
     from omnimm.files import atomic_write_text
     from omnimm.sentence.encoder import default_model_path
 
-    # one thread: on 2 cores shared with other jobs, two threads ran ~4x slower per step (measured)
-    torch.set_num_threads(1)
     transformers.set_seed(SEED)
     tokenizer = transformers.AutoTokenizer.from_pretrained(default_model_path())
     sentences = corpus()
@@ -88,18 +88,17 @@ def pretrain(minutes: float, out: Path) -> dict[str, Any]:
 
     held_batches = [batch_of(held[i : i + BATCH]) for i in range(0, len(held), BATCH)]  # masked once, fixed
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
-    deadline, started = time.monotonic() + minutes * 60, time.monotonic()
+    started = time.monotonic()
     step, epoch, losses = 0, 0, []
     model.train()
-    while time.monotonic() < deadline:
+    while step < steps:
         order = list(range(len(train)))
         random.Random(SEED + epoch).shuffle(order)
         for start in range(0, len(order) - BATCH + 1, BATCH):
-            if time.monotonic() >= deadline:
+            if step >= steps:
                 break
-            # linear warm-up over 200 steps, then constant: the run length is a time budget, not a step count
-            for group in optimizer.param_groups:
-                group["lr"] = LEARNING_RATE * min(1.0, (step + 1) / 200)
+            for group in optimizer.param_groups:  # linear warm-up, then linear decay to zero at the last step
+                group["lr"] = LEARNING_RATE * min((step + 1) / WARMUP, (steps - step) / max(steps - WARMUP, 1))
             loss = masked_loss(model, batch_of([train[i] for i in order[start : start + BATCH]]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,7 +107,7 @@ def pretrain(minutes: float, out: Path) -> dict[str, Any]:
             losses.append(float(loss.detach()))
             step += 1
             if step % 100 == 0:
-                print(f"step {step}: loss {sum(losses[-100:]) / 100:.3f}", flush=True)
+                print(f"step {step}/{steps}: loss {sum(losses[-100:]) / 100:.3f}", flush=True)
         epoch += 1
     held_loss = held_out_loss(model, held_batches)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +128,7 @@ def pretrain(minutes: float, out: Path) -> dict[str, Any]:
         "held_out_perplexity": math.exp(held_loss),
         "uniform_guess_loss": math.log(tokenizer.vocab_size),
         "minutes": (time.monotonic() - started) / 60,
+        "torch_threads": torch.get_num_threads(),
         "seed": SEED,
         "mlm_probability": 0.15,
         "learning_rate": LEARNING_RATE,
@@ -140,14 +140,14 @@ def pretrain(minutes: float, out: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=14.0, help="training time budget")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps of {BATCH} sentences")
     parser.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: $OMNIMM_MLM_BERT or cache)")
     args = parser.parse_args()
     out = args.out or checkpoint_dir()
     if (out / "mlm.json").is_file() and args.out is None:
         print(f"{out}: already pretrained ({json.loads((out / 'mlm.json').read_text())['steps']} steps)")
         return
-    print(json.dumps(pretrain(args.minutes, out), indent=1))
+    print(json.dumps(pretrain(args.steps, out), indent=1))
 
 
 if __name__ == "__main__":
