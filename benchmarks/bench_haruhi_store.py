@@ -30,7 +30,8 @@ QUICK_QUERIES = 300
 WARMUP = 20
 ROUNDS = 3  # ours and Chroma alternate, round by round
 DERIVE_NEIGHBOURS = 10
-KINDS = os.environ.get("OMNIMM_BENCH_KINDS", "flat,hnsw,ivf").split(",")  # measured besides the default
+# measured besides the default: a kind, or hnsw-<storage> for an HNSW index with other `hnsw_vectors`
+KINDS = os.environ.get("OMNIMM_BENCH_KINDS", "flat,hnsw-float32,ivf").split(",")
 
 
 # -- real vectors ---------------------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def measure_ours(
         else "exact"
         if store.kind == "flat"
         else ""
-    )
+    ) + (f", {store.config.hnsw_vectors} vectors" if store.kind == "hnsw" else "")
     row = {
         "label": label,
         "kind": store.kind,
@@ -233,6 +234,7 @@ def measure_ours(
         "batch_recall_at_10": recall([[h.id for h in row] for row in batch], truth),
         "bytes_per_memory": size / len(vectors),
         "calibration": None if calibration is None else dataclasses.asdict(calibration),
+        "hnsw_vectors": store.config.hnsw_vectors if store.kind == "hnsw" else "float32",
         "threads_restored": faiss.omp_get_max_threads() == threads_before,
     }
     if match is not None and calibration is not None and row["recall_at_10"] < match:
@@ -341,9 +343,10 @@ def bench_size(n: int, pool: np.ndarray, queries: np.ndarray, key: str, chroma: 
             label = f"default index at Chroma's recall ({matched['setting']}, chosen on these queries)"
             measured.append({**default, **matched, "label": label, "batch_qps": None, "batch_recall_at_10": None})
         for other in KINDS:
-            if other != default["kind"]:
-                config = MemoryStoreConfig(index=other)
-                single = flat_queries if other == "flat" else len(queries)
+            kind, _, storage = other.partition("-")
+            if kind != default["kind"] or (storage and storage != default["hnsw_vectors"]):
+                config = MemoryStoreConfig(index=kind, **({"hnsw_vectors": storage} if storage else {}))
+                single = flat_queries if kind == "flat" else len(queries)
                 measured.append(measure_ours(other, config, vectors, queries, truth, single, reference=search))
     rows = []
     for result in measured:

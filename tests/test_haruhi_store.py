@@ -41,8 +41,10 @@ def built(config: MemoryStoreConfig, vectors: np.ndarray) -> FaissMemory:
     return store
 
 
-# a graph this sparse needs a long candidate list for recall 0.95 on random vectors: the tuning has work to do
-HNSW = {"index": "hnsw", "hnsw_m": 6, "ef_construction": 16}
+# a graph this sparse needs a long candidate list for recall 0.95 on random vectors: the tuning has work to do;
+# float32 storage, so that searches visiting every node give numpy's answers (16-bit storage is tested below)
+HNSW = {"index": "hnsw", "hnsw_m": 6, "ef_construction": 16, "hnsw_vectors": "float32"}
+HNSW_BF16 = {**HNSW, "hnsw_vectors": "bfloat16"}
 IVF = {"index": "ivf", "nlist": 64}
 
 
@@ -51,7 +53,7 @@ IVF = {"index": "ivf", "nlist": 64}
 
 def test_an_unset_index_is_flat_up_to_exact_up_to_then_switches_to_hnsw_keeping_every_memory():
     vectors = unit(300)
-    store = FaissMemory(MemoryStoreConfig(exact_up_to=200, ef_search=4096))
+    store = FaissMemory(MemoryStoreConfig(exact_up_to=200, ef_search=4096, hnsw_vectors="float32"))
     assert store.kind is None
     store.add(vectors[:200], [f"m{i}" for i in range(200)], ids=list(range(200)))
     assert store.kind == "flat" and store.calibration is None
@@ -84,7 +86,7 @@ def test_the_chosen_kind_is_saved_and_a_config_asking_for_another_is_refused(tmp
 # -- tuning for target_recall -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [HNSW, IVF], ids=["hnsw", "ivf"])
+@pytest.mark.parametrize("options", [HNSW, HNSW_BF16, IVF], ids=["hnsw", "hnsw-bfloat16", "ivf"])
 def test_the_build_tunes_for_target_recall_and_fresh_queries_reach_it_by_numpy(options: dict):
     vectors = unit(4000)
     store = built(MemoryStoreConfig(target_recall=0.95, **options), vectors)
@@ -189,6 +191,63 @@ def test_calibrate_does_nothing_for_exact_search_or_a_set_parameter(kind: str):
     fixed = {"flat": {}, "ivf": {"nlist": 32, "nprobe": 3}, "hnsw": {"ef_search": 20}}[kind]
     store = built(MemoryStoreConfig(index=kind, **fixed), unit(2000))
     assert store.calibration is None and store.calibrate() is None and store.calibrate(unit(60, seed=1)) is None
+
+
+# -- 16-bit HNSW storage -----------------------------------------------------------------------------------------------
+
+
+def test_the_default_hnsw_storage_is_bfloat16():
+    store = built(MemoryStoreConfig(exact_up_to=100, ef_search=64), unit(300))
+    storage = faiss.downcast_index(faiss.downcast_index(store._index.index).storage)
+    assert isinstance(storage, faiss.IndexScalarQuantizer) and storage.sq.qtype == faiss.ScalarQuantizer.QT_bf16
+    assert store.config.hnsw_vectors == "bfloat16"
+
+
+# Bounds on |score - cosine| for unit vectors, by hand: each stored component is off by at most its own size times
+# 2**-11 (float16, rounded to nearest) or 2**-8 (faiss' bfloat16 keeps the top 16 bits of a float32); faiss'
+# bfloat16 search also rounds the query's components to nearest (2**-9). Summed over a dot product of unit vectors:
+BOUNDS = {"float16": 2**-11, "bfloat16": 2**-8 + 2**-9 + 2**-17}
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_16_bit_storage_scores_stay_within_their_rounding_bound_of_the_cosines(kind: str):
+    vectors, queries = unit(3000), unit(200, seed=4)
+    store = built(MemoryStoreConfig(**{**HNSW, "hnsw_vectors": kind, "ef_search": 4096}), vectors)
+    hits = store.search(queries, 10)  # the list is longer than the store: every node is scored
+    ids = np.array([[h.id for h in row] for row in hits])
+    scores = np.array([[h.score for h in row] for row in hits])
+    cosines = queries @ vectors.T
+    bound = BOUNDS[kind]
+    assert np.abs(scores - np.take_along_axis(cosines, ids, axis=1)).max() <= bound
+    # so a true neighbour can only be missed for a hit whose cosine is within twice the bound of its own
+    truth = exact_top(queries, vectors)
+    for row, true_row, cosine_row in zip(ids, truth, cosines, strict=True):
+        missed = set(true_row.tolist()) - set(row.tolist())
+        assert all(cosine_row[m] <= cosine_row[row].min() + 2 * bound for m in missed)
+    assert recall(store, queries, vectors) >= 0.98
+
+
+@pytest.mark.parametrize("kind", ["float16", "bfloat16"])
+def test_16_bit_storage_saves_loads_compacts_and_halves_the_index_file(tmp_path: Path, kind: str):
+    vectors, queries = unit(2000), unit(50, seed=5)
+    # a dense graph: every node stays reachable after the rebuild, so both searches see the whole store
+    wide = {**HNSW, "hnsw_m": 32, "ef_construction": 200, "ef_search": 4096}
+    full = built(MemoryStoreConfig(**wide), vectors)
+    half = built(MemoryStoreConfig(**{**wide, "hnsw_vectors": kind}), vectors)
+    full_file, half_file = full.save(tmp_path / "full"), half.save(tmp_path / "half")
+    full_bytes, half_bytes = (sum(f.stat().st_size for f in d.glob("*.faiss")) for d in (full_file, half_file))
+    assert full_bytes - half_bytes == pytest.approx(2000 * DIM * 2, rel=0.05)  # 2 bytes saved per component
+    loaded = FaissMemory.load(tmp_path / "half", config=MemoryStoreConfig(**wide))  # the saved storage wins
+    assert loaded.kind == "hnsw" and loaded.config.hnsw_vectors == kind
+    before = loaded.search(queries, 15)
+    assert before == half.search(queries, 15)
+    gone = {row[0].id for row in before[:5]}
+    loaded.delete(gone)
+    loaded.compact()  # rebuilt from the decoded 16-bit vectors: encoding them again changes no bit
+    storage = faiss.downcast_index(faiss.downcast_index(loaded._index.index).storage)
+    assert isinstance(storage, faiss.IndexScalarQuantizer) and loaded._index.ntotal == 2000 - len(gone)
+    expected = [[(h.id, h.score) for h in row if h.id not in gone][:10] for row in before]
+    assert [[(h.id, h.score) for h in row] for row in loaded.search(queries, 10)] == expected
 
 
 # -- explicit settings ------------------------------------------------------------------------------------------------

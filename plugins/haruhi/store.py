@@ -69,6 +69,7 @@ _MIN_TUNING_QUERIES = 50  # fewer held-out queries measure recall too coarsely t
 _NEAR_COPY_SCAN = 256  # neighbours of a tuning vector checked for near-copies to hold out with it
 _RECALIBRATE_AT = 0.2  # tune again once the store has grown or shrunk by a fifth
 _EF_LADDER = (16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048)
+_HNSW_STORAGE = {"float32": "", "float16": ",SQfp16", "bfloat16": ",SQbf16"}  # faiss index_factory suffixes
 _NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
@@ -325,13 +326,20 @@ class FaissMemory:
             self._tune(self._check_vectors(queries, "queries"))
         return self.calibration
 
-    def _tune(self, queries: np.ndarray, *, new_texts_only: bool = False) -> None:
+    def _tune(
+        self,
+        queries: np.ndarray,
+        *,
+        new_texts_only: bool = False,
+        exact: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Pick the smallest rung of the ladder whose recall@10 on `queries` (not in the index) reaches the target.
 
         `new_texts_only`: leave out the queries that have a near-copy in the index (similarity >= `tuning_similarity`),
-        unless fewer than the minimum would remain."""
+        unless fewer than the minimum would remain. `exact`: the index's vectors and ids as they were added, for the
+        exact neighbours (else they are read back from the index, where 16-bit HNSW storage has rounded them)."""
         started = time.perf_counter()
-        vectors, ids = self._live_vectors()
+        vectors, ids = exact if exact is not None else self._live_vectors()
         k = min(_CALIBRATION_K, len(ids))
         if not len(queries) or not k:
             return
@@ -381,8 +389,12 @@ class FaissMemory:
                 index.add_with_ids(vectors, ids)
                 return
             probes, chosen = self._tuning_split(vectors, held)
-            index.add_with_ids(np.ascontiguousarray(vectors[~chosen]), ids[~chosen])
-            self._tune(np.ascontiguousarray(vectors[probes]), new_texts_only=True)
+            fresh = index.ntotal == 0
+            kept, kept_ids = np.ascontiguousarray(vectors[~chosen]), ids[~chosen]
+            index.add_with_ids(kept, kept_ids)
+            # a fresh index holds just these vectors: the exact neighbours come from them, unrounded
+            exact = (kept, kept_ids) if fresh else None
+            self._tune(np.ascontiguousarray(vectors[probes]), new_texts_only=True, exact=exact)
             index.add_with_ids(np.ascontiguousarray(vectors[chosen]), ids[chosen])
         if self.calibration is not None:
             self.calibration = dataclasses.replace(self.calibration, count=index.ntotal - len(self._tombstones))
@@ -529,7 +541,8 @@ class FaissMemory:
         if kind == "flat":
             index = faiss.index_factory(self.dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
         elif kind == "hnsw":
-            index = faiss.index_factory(self.dim, f"IDMap2,HNSW{self.config.hnsw_m}", faiss.METRIC_INNER_PRODUCT)
+            layout = f"IDMap2,HNSW{self.config.hnsw_m}{_HNSW_STORAGE[self.config.hnsw_vectors]}"
+            index = faiss.index_factory(self.dim, layout, faiss.METRIC_INNER_PRODUCT)
             faiss.downcast_index(index.index).hnsw.efConstruction = self.config.ef_construction
         else:
             nlist = self.config.nlist or _auto_nlist(len(vectors))
@@ -606,7 +619,10 @@ class FaissMemory:
         if isinstance(self._index, faiss.IndexIDMap2):
             inner = faiss.downcast_index(self._index.index)
             storage = faiss.downcast_index(inner.storage) if self._kind == "hnsw" else inner
-            vectors = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(-1, storage.d)
+            if isinstance(storage, faiss.IndexFlat):
+                vectors = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(-1, storage.d)
+            else:  # 16-bit HNSW storage: decoded (a copy)
+                vectors = storage.reconstruct_n(0, storage.ntotal)
             ids = faiss.vector_to_array(self._index.id_map)
         else:  # IVF: the raw float32 codes of each inverted list
             lists, blocks, id_blocks = self._index.invlists, [], []
@@ -666,6 +682,9 @@ class FaissMemory:
             raise StoreError(f"{path}: {len(missing)} memories have no vector in the index")
         if kind == "hnsw":  # the graph keeps deleted nodes until compaction
             self._tombstones = stored - set(self._memories)
+            saved = _hnsw_vectors(_faiss().downcast_index(index.index))
+            if saved != self.config.hnsw_vectors:  # like the kind, the saved storage stays through rebuilds
+                self.config = self.config.model_copy(update={"hnsw_vectors": saved})
         elif index.ntotal != len(self._memories):
             raise StoreError(f"{path}: {index.ntotal} vectors but {len(self._memories)} memories")
 
@@ -1015,7 +1034,7 @@ def _check_index_header(path: Path, manifest: _Manifest) -> None:
     kind = manifest.kind
     if total < manifest.count if kind == "hnsw" else total != manifest.count:
         raise StoreError(f"{path}: the index holds {total} vectors but the manifest counts {manifest.count} memories")
-    if total * dim * 4 > size:
+    if total * dim * (2 if kind == "hnsw" else 4) > size:  # HNSW vectors may be 16-bit
         raise StoreError(
             f"{path}: faiss cannot read this index ({total} vectors of dimension {dim} do not fit in {size} bytes: "
             f"the file is truncated)"
@@ -1039,11 +1058,22 @@ def _index_kind(index: Any) -> str | None:
         return "ivf"
     if isinstance(index, faiss.IndexIDMap2):
         inner = faiss.downcast_index(index.index)
-        if isinstance(inner, faiss.IndexHNSWFlat):
+        if isinstance(inner, faiss.IndexHNSWFlat) or (
+            isinstance(inner, faiss.IndexHNSWSQ) and _hnsw_vectors(inner) is not None
+        ):
             return "hnsw"
         if isinstance(inner, faiss.IndexFlat):
             return "flat"
     return None
+
+
+def _hnsw_vectors(inner: Any) -> str | None:
+    """`hnsw_vectors` of a loaded HNSW index (None: a scalar quantizer the store does not make)."""
+    faiss = _faiss()
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return "float32"
+    quantizer = faiss.downcast_index(inner.storage).sq.qtype
+    return {faiss.ScalarQuantizer.QT_fp16: "float16", faiss.ScalarQuantizer.QT_bf16: "bfloat16"}.get(quantizer)
 
 
 def _index_ids(index: Any) -> set[int]:
