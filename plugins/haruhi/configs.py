@@ -34,7 +34,7 @@ class MemoryStoreConfig(ComponentConfig):
     """How an HNSW index stores its vectors. 16 bits take 41% fewer bytes per memory (1,097 against 1,865 for
     MiniLM's 384 dimensions, graph included) for a little recall that `ef_search` tuning wins back; at equal recall@10
     the query time on MiniLM vectors was about that of float32, within this machine's run-to-run noise
-    (`benchmarks/haruhi_hnsw_m.py --vectors`). Scores of hits are cosines to within 2^-8 + 2^-9 (bfloat16) or 2^-11
+    (`benchmarks/haruhi_hnsw_m.py --vectors`). Scores of hits are cosines to within 0.0059 (bfloat16) or 0.0005
     (float16); `flat` and `ivf` always keep float32. A loaded store keeps the storage it was saved with."""
     ef_construction: int = Field(200, ge=8)
     """HNSW candidate list size while building (a better graph reaches a recall with a shorter `ef_search`)."""
