@@ -1,12 +1,12 @@
 """recse: paired experiments on STS-B (best dev checkpoint, test reported) and memory per training step.
 
 Quality: from one MLM-only checkpoint (benchmarks/pretrain_mlm.py; `$OMNIMM_MLM_BERT`), mean pooling (an MLM-only
-[CLS] carries no sentence meaning), the encoder learning rate chosen on STS-B dev by plain SimCSE, every method runs
-the same seeds (same data order and initialisation); the claims are paired differences over seeds with 95% t
-intervals. The methods: SimCSE, SimCSE + reshape, word repetition,
-repetition + reshape (portability), a second reshape configuration (lambda 0.01, 256-d Linear + Tanh projection,
-tau 0.1 for the inter-view loss) and a control with each sentence's matrix entries shuffled. MiniLM (CLS) is a second
-setting with fewer steps. Alignment, uniformity and random-pair cosines are measured before and after training.
+model's better sentence vector before training), the encoder learning rate chosen on STS-B dev by plain SimCSE,
+every method runs the same seeds (same data order and initialisation); the claims are paired differences over seeds
+with 95% t intervals. The methods: SimCSE, SimCSE + reshape, word repetition, repetition + reshape (portability), a
+second reshape configuration (lambda 0.01, 256-d Linear + Tanh projection, tau 0.1 for the inter-view loss) and a
+control with each sentence's matrix entries shuffled. MiniLM (CLS) is a second setting with fewer steps. Alignment,
+uniformity and random-pair cosines are measured before and after training.
 
 Memory: peak RSS and step time vs batch size at equal view count: SimCSE + reshape (2 dropout views + the reshaped
 one) vs word repetition with 3 views (3 encoder passes), plain SimCSE beside them; each in a fresh process.

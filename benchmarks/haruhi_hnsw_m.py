@@ -8,7 +8,7 @@ The benchmark's real vectors and held-out real queries (as bench_haruhi_store bu
 variant (ef_construction 200, as the store builds it), searched one query at a time on one thread; recall against
 exact float32 search; every setting is timed once per round in interleaved rounds, and the median round is kept.
 Prints a table and writes benchmarks/results/haruhi_hnsw_m-<N>.json (haruhi_hnsw_vectors-<N>.json). It is how the
-store's default M and storage were chosen: the variant whose curve reaches a recall in the least time.
+store's default M was chosen (the M whose curve reaches a recall in the least time) and how storages compare.
 """
 
 from __future__ import annotations

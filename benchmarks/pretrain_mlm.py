@@ -6,8 +6,8 @@
 A BertForMaskedLM built from a config (4 layers x 256 hidden x 4 heads) with all-MiniLM-L6-v2's packaged WordPiece
 tokenizer, trained on tinyshakespeare speech lines and STS-B *train* sentences (every STS-B dev/test sentence removed,
 see `omnimm_plugins.recse.training.load_sentences`), 15% masking by `DataCollatorForLanguageModeling`, seeded, for a
-fixed number of steps (linear warm-up, then linear decay to zero): the same command gives the same checkpoint on any
-machine, however fast. It is saved once as a safetensors folder (default `~/.cache/omnimm/bench/mlm-bert`, or
+fixed number of steps (linear warm-up, then linear decay to zero): the checkpoint does not depend on the machine's
+speed. It is saved once as a safetensors folder (default `~/.cache/omnimm/bench/mlm-bert`, or
 `$OMNIMM_MLM_BERT`) with `mlm.json` beside the weights: size, steps, final training loss and held-out MLM loss. On
 this budget the model is weak (a few million tokens seen); it is a genuinely MLM-only start, not a competitive BERT.
 """
