@@ -28,7 +28,7 @@ QUERY_POOL = 1_000  # real vectors held out of every store
 QUERIES = 1_000
 QUICK_QUERIES = 300
 WARMUP = 20
-ROUNDS = 3  # ours and Chroma alternate, round by round
+ROUNDS = 5  # ours and Chroma alternate, round by round
 DERIVE_NEIGHBOURS = 10
 # measured besides the default: a kind, or hnsw-<storage> for an HNSW index with other `hnsw_vectors`
 KINDS = os.environ.get("OMNIMM_BENCH_KINDS", "flat,hnsw-float32,ivf").split(",")
@@ -166,6 +166,11 @@ def alternating(search: Any, reference: Any | None, queries: np.ndarray) -> tupl
     return np.concatenate(ours), answers or [], np.concatenate(theirs) if theirs else np.zeros(0)
 
 
+def round_ratios(ours: np.ndarray, theirs: np.ndarray) -> list[float]:
+    """Our QPS over the reference's in each alternating round: how far the machine's drift moves the ratio."""
+    return [float(t.mean() / o.mean()) for o, t in zip(np.split(ours, ROUNDS), np.split(theirs, ROUNDS), strict=True)]
+
+
 def timing(ms: np.ndarray) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "qps": 1000 / ms.mean()}
 
@@ -229,6 +234,7 @@ def measure_ours(
         "save_seconds": save,
         **timing(ms),
         "reference_timing": timing(reference_ms) if len(reference_ms) else None,
+        "round_ratios": round_ratios(ms, reference_ms) if len(reference_ms) else None,
         "batch_qps": batch_qps,
         "recall_at_10": recall(found, truth[:single]),
         "batch_recall_at_10": recall([[h.id for h in row] for row in batch], truth),
@@ -261,6 +267,7 @@ def measure_matched(
         "setting": f"{parameter} {value}",
         **timing(ms),
         "reference_timing": timing(reference_ms) if len(reference_ms) else None,
+        "round_ratios": round_ratios(ms, reference_ms) if len(reference_ms) else None,
         "recall_at_10": recall(found, truth),
     }
 
@@ -357,6 +364,11 @@ def bench_size(n: int, pool: np.ndarray, queries: np.ndarray, key: str, chroma: 
             + f"; p50/p99 {result['p50_ms']:.3g}/{result['p99_ms']:.3g} ms"
             + (
                 f" vs {result['reference_timing']['p50_ms']:.3g}/{result['reference_timing']['p99_ms']:.3g}"
+                if reference
+                else ""
+            )
+            + (
+                f"; ratio by round {min(result['round_ratios']):.2f}-{max(result['round_ratios']):.2f}x"
                 if reference
                 else ""
             )

@@ -1,14 +1,17 @@
-"""haruhi/memory's HNSW graph: recall@10 and single-query latency by `ef_search`, for several `hnsw_m` or, with
-`--vectors`, for each `hnsw_vectors` storage at the default M.
+"""haruhi/memory's HNSW graph: recall@10 and single-query latency by `ef_search`, for several `hnsw_m`; with
+`--vectors`, for each `hnsw_vectors` storage at the default M; with `--order`, for the graph as built and renumbered
+breadth-first (what the store does after a build).
 
     cd benchmarks && python haruhi_hnsw_m.py [N]             # N real MiniLM vectors (default 100000)
     cd benchmarks && python haruhi_hnsw_m.py --vectors [N]   # float32, float16 and bfloat16 storage, M 32
+    cd benchmarks && python haruhi_hnsw_m.py --order [N]     # insertion vs breadth-first order, M 32, bfloat16
 
-The benchmark's real vectors and held-out real queries (as bench_haruhi_store builds them), one faiss HNSW index per
-variant (ef_construction 200, as the store builds it), searched one query at a time on one thread; recall against
-exact float32 search; every setting is timed once per round in interleaved rounds, and the median round is kept.
-Prints a table and writes benchmarks/results/haruhi_hnsw_m-<N>.json (haruhi_hnsw_vectors-<N>.json). It is how the
-store's default M was chosen (the M whose curve reaches a recall in the least time) and how storages compare.
+The benchmark's real vectors and held-out real queries (as bench_haruhi_store builds them; past the real pool, its
+real-derived vectors), one faiss HNSW index per variant (ef_construction 200, as the store builds it), searched one
+query at a time on one thread; recall against exact float32 search; every setting is timed once per round in
+interleaved rounds, and the median round is kept. Prints a table and writes benchmarks/results/haruhi_hnsw_m-<N>.json
+(haruhi_hnsw_vectors-<N>.json, haruhi_hnsw_order-<N>.json). It is how the store's default M was chosen (the M whose
+curve reaches a recall in the least time), how storages compare, and what the breadth-first numbering gains.
 """
 
 from __future__ import annotations
@@ -20,34 +23,45 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_haruhi_store import datasets
+from bench_haruhi_store import datasets, derived_vectors
 
 M_VALUES = (12, 16, 24, 32)
 EF_VALUES = (32, 40, 48, 56, 64, 80, 96, 128)
 STORAGE = {"float32": "", "float16": ",SQfp16", "bfloat16": ",SQbf16"}  # as the store builds them
 
 
-def main(n: int, rounds: int = 3, *, vectors_mode: bool = False) -> None:
+def main(n: int, rounds: int = 3, *, mode: str = "m") -> None:
     import faiss
 
     from omnimm.files import atomic_write_text
+    from omnimm_plugins.haruhi.store import _order_for_locality
 
-    queries, pool, _ = datasets([n], 1000)
-    vectors = np.ascontiguousarray(pool[:n])
+    queries, pool, key = datasets([n], 1000)
+    vectors = derived_vectors(pool, n, key) if n > len(pool) else np.ascontiguousarray(pool[:n])
     _, truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
-    variants = [(32, kind) for kind in STORAGE] if vectors_mode else [(m, "float32") for m in M_VALUES]
+    variants = {
+        "m": [(m, "float32", "insertion") for m in M_VALUES],
+        "vectors": [(32, kind, "insertion") for kind in STORAGE],
+        "order": [(32, "bfloat16", order) for order in ("insertion", "breadth-first")],
+    }[mode]
     indexes, builds = {}, {}
     for variant in variants:
-        m, kind = variant
-        index = faiss.index_factory(vectors.shape[1], f"HNSW{m}{STORAGE[kind]}", faiss.METRIC_INNER_PRODUCT)
-        faiss.downcast_index(index).hnsw.efConstruction = 200
+        m, kind, order = variant
+        if order == "breadth-first":  # the same graph as the insertion-order one, renumbered
+            index = faiss.deserialize_index(faiss.serialize_index(indexes[(m, kind, "insertion")]))
+            started = time.perf_counter()
+            _order_for_locality(index)
+            indexes[variant], builds[variant] = index, time.perf_counter() - started
+            continue
+        index = faiss.index_factory(vectors.shape[1], f"IDMap2,HNSW{m}{STORAGE[kind]}", faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_index(index.index).hnsw.efConstruction = 200
         started = time.perf_counter()
-        index.add(vectors)
+        index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
         indexes[variant], builds[variant] = index, time.perf_counter() - started
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # single queries, as the store runs them
-    times: dict[tuple[tuple[int, str], int], list[float]] = {}
-    recalls: dict[tuple[tuple[int, str], int], float] = {}
+    times: dict[tuple[tuple[int, str, str], int], list[float]] = {}
+    recalls: dict[tuple[tuple[int, str, str], int], float] = {}
     # every setting once per round, the rounds one after another: a slow spell of the machine hits all alike
     for _ in range(rounds):
         for ef in EF_VALUES:
@@ -65,18 +79,23 @@ def main(n: int, rounds: int = 3, *, vectors_mode: bool = False) -> None:
     faiss.omp_set_num_threads(threads)
     rows = []
     for variant in variants:
-        m, kind = variant
+        m, kind, order = variant
         for ef in EF_VALUES:
             ms, recall = float(np.median(times[(variant, ef)])), recalls[(variant, ef)]
-            rows.append({"hnsw_m": m, "hnsw_vectors": kind, "ef_search": ef, "recall_at_10": recall, "ms": ms,
-                         "ms_rounds": times[(variant, ef)], "build_seconds": builds[variant]})  # fmt: skip
-            print(f"M {m:>2}  {kind:<8}  ef_search {ef:>3}  recall@10 {recall:.4f}  {ms:.3f} ms (median of {rounds})")
-    name = "haruhi_hnsw_vectors" if vectors_mode else "haruhi_hnsw_m"
+            rows.append({"hnsw_m": m, "hnsw_vectors": kind, "order": order, "ef_search": ef, "recall_at_10": recall,
+                         "ms": ms, "ms_rounds": times[(variant, ef)], "build_seconds": builds[variant]})  # fmt: skip
+            print(
+                f"M {m:>2}  {kind:<8}  {order:<13}  ef_search {ef:>3}  recall@10 {recall:.4f}  {ms:.3f} ms "
+                f"(median of {rounds})"
+            )
+    name = {"m": "haruhi_hnsw_m", "vectors": "haruhi_hnsw_vectors", "order": "haruhi_hnsw_order"}[mode]
     out = Path(__file__).resolve().parent / "results" / f"{name}-{n}.json"
     result = {"n": n, "ef_construction": 200, "rounds": rounds, "rows": rows}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    arguments = [a for a in sys.argv[1:] if a != "--vectors"]
-    main(int(arguments[0]) if arguments else 100_000, vectors_mode="--vectors" in sys.argv)
+    modes = {"--vectors": "vectors", "--order": "order"}
+    arguments = [a for a in sys.argv[1:] if a not in modes]
+    chosen = [modes[a] for a in sys.argv[1:] if a in modes]
+    main(int(arguments[0]) if arguments else 100_000, mode=chosen[0] if chosen else "m")

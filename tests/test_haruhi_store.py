@@ -250,6 +250,40 @@ def test_16_bit_storage_saves_loads_compacts_and_halves_the_index_file(tmp_path:
     assert [[(h.id, h.score) for h in row] for row in loaded.search(queries, 10)] == expected
 
 
+def bottom_layer(store: FaissMemory) -> np.ndarray:
+    """Each node's bottom-layer neighbours (positions, -1 where unused), read from faiss' own arrays."""
+    hnsw = faiss.downcast_index(store._index.index).hnsw
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+    return faiss.vector_to_array(hnsw.neighbors)[offsets[:-1, None] + np.arange(hnsw.nb_neighbors(0))]
+
+
+def test_a_built_graph_is_numbered_breadth_first_and_every_id_keeps_its_vector():
+    vectors = unit(3000)
+    store = built(MemoryStoreConfig(**{**HNSW, "hnsw_m": 16, "ef_construction": 64}), vectors)
+    hnsw = faiss.downcast_index(store._index.index).hnsw
+    assert hnsw.entry_point == 0
+    # breadth-first: each later node was found from a node numbered before it, and the nodes found from one node
+    # come before those found from the next (the first links that reach each node are non-decreasing)
+    links = bottom_layer(store)
+    first_parent = np.full(len(vectors), -1)
+    for node in range(len(vectors)):
+        for neighbour in links[node]:
+            if neighbour > node and first_parent[neighbour] < 0:
+                first_parent[neighbour] = node
+    reached = first_parent[1:] >= 0
+    assert reached.mean() > 0.99
+    parents = first_parent[1:][reached]
+    assert np.all(np.diff(parents) >= 0)
+    # the ids moved with their vectors: each id still holds the vector it was added with, and finds itself
+    ids = faiss.vector_to_array(store._index.id_map)
+    assert sorted(ids.tolist()) == list(range(len(vectors))) and not np.array_equal(ids, np.arange(len(vectors)))
+    stored = faiss.downcast_index(store._index.index).storage.reconstruct_n(0, len(vectors))
+    np.testing.assert_allclose(stored, vectors[ids], atol=1e-6)  # the store normalises again: float rounding only
+    for memory_id in (0, 17, 2999):
+        np.testing.assert_allclose(store._index.reconstruct(memory_id), vectors[memory_id], atol=1e-6)
+    assert [row[0].id for row in store.search(vectors[:200], 1)] == list(range(200))
+
+
 # -- explicit settings ------------------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,10 @@ sample vector next to its own near-copy would be found far more easily than a qu
 recorded in the manifest, so a loaded store does not tune again until it has grown or shrunk by a fifth (at the next
 add of at least 200 memories: fewer cannot spare 50 to hold back).
 
+Locality: a freshly built HNSW graph (a first add, a rebuild, a compaction) is renumbered in breadth-first order of
+its bottom layer, so that a search, which walks from node to neighbour, reads memory that sits close together; ids
+and results are unchanged. Later adds append their nodes in insertion order until the next rebuild.
+
 Threads: faiss' OpenMP threads are set to 1 for fewer than 20 queries at once (a single query cannot use more, and
 idle spinning threads slow it several-fold) and to every core for batches and builds; the caller's setting is put
 back afterwards.
@@ -381,22 +385,25 @@ class FaissMemory:
     def _insert(self, vectors: np.ndarray, ids: np.ndarray, *, tune: bool = False) -> None:
         """Add to the index on every core; tune on a held-out part of the vectors (inserted after) when due."""
         index = self._ensure_index(vectors)
+        fresh = index.ntotal == 0
         fixed = self._kind == "flat" or getattr(self.config, self._parameter()) is not None
         due = tune or self._calibration_stale(len(self._memories) + len(ids))
         held = min(_CALIBRATION_QUERIES, len(ids) // 4) if due and not fixed else 0
+        tuned = held >= _MIN_TUNING_QUERIES
         with faiss_threads(available_cores()):
-            if held < _MIN_TUNING_QUERIES:
+            if not tuned:
                 index.add_with_ids(vectors, ids)
-                return
-            probes, chosen = self._tuning_split(vectors, held)
-            fresh = index.ntotal == 0
-            kept, kept_ids = np.ascontiguousarray(vectors[~chosen]), ids[~chosen]
-            index.add_with_ids(kept, kept_ids)
-            # a fresh index holds just these vectors: the exact neighbours come from them, unrounded
-            exact = (kept, kept_ids) if fresh else None
-            self._tune(np.ascontiguousarray(vectors[probes]), new_texts_only=True, exact=exact)
-            index.add_with_ids(np.ascontiguousarray(vectors[chosen]), ids[chosen])
-        if self.calibration is not None:
+            else:
+                probes, chosen = self._tuning_split(vectors, held)
+                kept, kept_ids = np.ascontiguousarray(vectors[~chosen]), ids[~chosen]
+                index.add_with_ids(kept, kept_ids)
+                # a fresh index holds just these vectors: the exact neighbours come from them, unrounded
+                exact = (kept, kept_ids) if fresh else None
+                self._tune(np.ascontiguousarray(vectors[probes]), new_texts_only=True, exact=exact)
+                index.add_with_ids(np.ascontiguousarray(vectors[chosen]), ids[chosen])
+        if fresh and self._kind == "hnsw":
+            _order_for_locality(index)
+        if tuned and self.calibration is not None:
             self.calibration = dataclasses.replace(self.calibration, count=index.ntotal - len(self._tombstones))
 
     def _tuning_split(self, vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -687,6 +694,32 @@ class FaissMemory:
                 self.config = self.config.model_copy(update={"hnsw_vectors": saved})
         elif index.ntotal != len(self._memories):
             raise StoreError(f"{path}: {index.ntotal} vectors but {len(self._memories)} memories")
+
+
+def _order_for_locality(index: Any) -> None:
+    """Renumber the nodes of an `IDMap2,HNSW` index in breadth-first order of its bottom layer, from the entry
+    point: a search walks from node to neighbour, and neighbours then sit close together in memory (fewer cache
+    misses; measured 7-10% faster single queries at 100k and 1M memories). Ids, scores and results are unchanged."""
+    faiss = _faiss()
+    csgraph = require("scipy.sparse.csgraph", extra="haruhi", purpose="ordering the HNSW graph for locality")
+    sparse = require("scipy.sparse", extra="haruhi", purpose="ordering the HNSW graph for locality")
+    hnsw_index = faiss.downcast_index(index.index)
+    hnsw, count = hnsw_index.hnsw, index.ntotal
+    if count < 2:
+        return
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
+    neighbours = faiss.vector_to_array(hnsw.neighbors)
+    bottom = neighbours[offsets[:-1, None] + np.arange(hnsw.nb_neighbors(0))]  # [count, 2M], -1 where unused
+    rows, slots = np.nonzero(bottom >= 0)
+    graph = sparse.csr_array((np.ones(len(rows), dtype=np.int8), (rows, bottom[rows, slots])), shape=(count, count))
+    reached = csgraph.breadth_first_order(graph, int(hnsw.entry_point), directed=True, return_predecessors=False)
+    missed = np.ones(count, dtype=bool)
+    missed[reached] = False
+    order = np.concatenate([reached, np.flatnonzero(missed)]).astype(np.int64)  # new position -> old position
+    hnsw_index.permute_entries(order)
+    ids = faiss.vector_to_array(index.id_map)[order]
+    faiss.copy_array_to_vector(ids, index.id_map)
+    index.construct_rev_map()
 
 
 def _first_new(ids: list[int], existing: dict[int, Memory]) -> list[int]:
