@@ -74,6 +74,7 @@ _NEAR_COPY_SCAN = 256  # neighbours of a tuning vector checked for near-copies t
 _RECALIBRATE_AT = 0.2  # tune again once the store has grown or shrunk by a fifth
 _EF_LADDER = (16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048)
 _HNSW_STORAGE = {"float32": "", "float16": ",SQfp16", "bfloat16": ",SQbf16"}  # faiss index_factory suffixes
+_ORDER_ROWS = 1 << 16  # neighbour lists gathered at a time when the graph is renumbered
 _NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
@@ -699,19 +700,31 @@ class FaissMemory:
 def _order_for_locality(index: Any) -> None:
     """Renumber the nodes of an `IDMap2,HNSW` index in breadth-first order of its bottom layer, from the entry
     point: a search walks from node to neighbour, and neighbours then sit close together in memory (fewer cache
-    misses; measured 7-10% faster single queries at 100k and 1M memories). Ids, scores and results are unchanged."""
+    misses; measured 6% less search time at 100k memories and 9% at 1M, summed over eight `ef_search` settings).
+    Ids, scores and results are unchanged. Without scipy the graph keeps its insertion order (a warning says so)."""
+    try:
+        from scipy.sparse import csgraph, csr_array
+    except ImportError:
+        log.warning("memory store: scipy is missing (pip install 'omnimm[haruhi]'): the HNSW graph keeps its order")
+        return
     faiss = _faiss()
-    csgraph = require("scipy.sparse.csgraph", extra="haruhi", purpose="ordering the HNSW graph for locality")
-    sparse = require("scipy.sparse", extra="haruhi", purpose="ordering the HNSW graph for locality")
     hnsw_index = faiss.downcast_index(index.index)
     hnsw, count = hnsw_index.hnsw, index.ntotal
     if count < 2:
         return
     offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
-    neighbours = faiss.vector_to_array(hnsw.neighbors)
-    bottom = neighbours[offsets[:-1, None] + np.arange(hnsw.nb_neighbors(0))]  # [count, 2M], -1 where unused
-    rows, slots = np.nonzero(bottom >= 0)
-    graph = sparse.csr_array((np.ones(len(rows), dtype=np.int8), (rows, bottom[rows, slots])), shape=(count, count))
+    neighbours = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())  # faiss' own array, no copy
+    slots = np.arange(hnsw.nb_neighbors(0))  # the bottom layer's slots come first in each node's list
+    targets, lengths = [], []
+    for start in range(0, count, _ORDER_ROWS):  # in blocks: the whole [count, 2M] gather would take GBs at 1M
+        block = neighbours[offsets[start : min(start + _ORDER_ROWS, count), None] + slots]
+        linked = block >= 0  # -1 marks an unused slot
+        targets.append(block[linked])
+        lengths.append(linked.sum(axis=1))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(lengths))])
+    indices = np.concatenate(targets)
+    # float64 ones: the type csgraph works in, so it does not copy the graph again
+    graph = csr_array((np.ones(len(indices)), indices, indptr), shape=(count, count))
     reached = csgraph.breadth_first_order(graph, int(hnsw.entry_point), directed=True, return_predecessors=False)
     missed = np.ones(count, dtype=bool)
     missed[reached] = False
