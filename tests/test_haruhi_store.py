@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from omnimm import StoreError
+from omnimm_plugins.haruhi import store as store_module
 from omnimm_plugins.haruhi.configs import MemoryStoreConfig
 from omnimm_plugins.haruhi.store import _EF_LADDER, _NPROBE_LADDER, FaissMemory, available_cores
 
@@ -295,6 +297,61 @@ def test_without_scipy_the_graph_keeps_its_order_and_a_warning_says_so(monkeypat
     assert "scipy is missing" in caplog.text and "omnimm[haruhi]" in caplog.text
     np.testing.assert_array_equal(faiss.vector_to_array(store._index.id_map), np.arange(1000))  # insertion order
     assert recall(store, unit(50, seed=3), vectors) >= 0.99
+
+
+def huge_kb(address: int, size: int) -> int:
+    """AnonHugePages summed over the mappings that overlap [address, address + size), from /proc/self/smaps (an
+    madvise splits a mapping, so one array can span several)."""
+    total, overlapping = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: start-end perms ...
+            start, end = (int(part, 16) for part in head.split("-"))
+            overlapping = start < address + size and address < end
+        elif overlapping and head == "AnonHugePages:":
+            total += int(line.split()[1])
+    return total
+
+
+def graph_arrays(store: FaissMemory) -> dict[str, np.ndarray]:
+    """The index's vectors and neighbour lists as numpy views of faiss' own memory."""
+    inner = faiss.downcast_index(store._index.index)
+    arrays = {"vectors": faiss.downcast_index(inner.storage).codes, "neighbours": inner.hnsw.neighbors}
+    return {name: faiss.rev_swig_ptr(array.data(), array.size()) for name, array in arrays.items()}
+
+
+def collapse_supported() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    release = tuple(int(part) for part in os.uname().release.split(".")[:2] if part.isdigit())
+    return setting.exists() and "[never]" not in setting.read_text() and release >= (6, 1)
+
+
+@pytest.mark.skipif(not collapse_supported(), reason="needs Linux 6.1+ (MADV_COLLAPSE) with huge pages not 'never'")
+def test_the_graph_vectors_and_neighbour_lists_sit_on_huge_pages_after_a_build_and_after_a_load(tmp_path: Path):
+    vectors = unit(40_000)  # 7.7 MB of vectors, 5.1 MB of neighbour lists: over 4 MB, each holds an aligned 2 MB page
+    store = built(MemoryStoreConfig(**{**HNSW, "hnsw_m": 16, "ef_construction": 32, "ef_search": 64}), vectors)
+    for name, array in graph_arrays(store).items():
+        assert huge_kb(array.ctypes.data, array.nbytes) >= 2048, name
+    store.save(tmp_path / "store")
+    loaded = FaissMemory.load(tmp_path / "store")
+    for name, array in graph_arrays(loaded).items():
+        assert huge_kb(array.ctypes.data, array.nbytes) >= 2048, f"{name} after load"
+    queries = unit(20, seed=5)
+    assert [[h.id for h in row] for row in loaded.search(queries, 10)] == [
+        [h.id for h in row] for row in store.search(queries, 10)
+    ]
+
+
+def test_with_huge_pages_off_nothing_is_asked_for_and_the_store_still_searches(tmp_path: Path, monkeypatch):
+    setting = tmp_path / "enabled"
+    setting.write_text("always madvise [never]\n")  # the kernel file's format, with huge pages switched off
+    monkeypatch.setattr(store_module, "_THP_SETTING", setting)
+    vectors = unit(2000)
+    store = built(MemoryStoreConfig(**{**HNSW, "hnsw_m": 16, "ef_construction": 32, "ef_search": 4096}), vectors)
+    assert store_module._back_with_huge_pages(store._index) == 0
+    assert recall(store, unit(20, seed=3), vectors) >= 0.99
 
 
 # -- explicit settings ------------------------------------------------------------------------------------------------

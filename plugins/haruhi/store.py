@@ -26,7 +26,9 @@ add of at least 200 memories: fewer cannot spare 50 to hold back).
 
 Locality: a freshly built HNSW graph (a first add, a rebuild, a compaction) is renumbered in breadth-first order of
 its bottom layer, so that a search, which walks from node to neighbour, reads memory that sits close together; ids
-and results are unchanged. Later adds append their nodes in insertion order until the next rebuild.
+and results are unchanged. Later adds append their nodes in insertion order until the next rebuild. After every
+add and every load, the graph's vectors and neighbour lists are put on 2 MB pages where Linux allows it (fewer TLB
+misses on the same walk).
 
 Threads: faiss' OpenMP threads are set to 1 for fewer than 20 queries at once (a single query cannot use more, and
 idle spinning threads slow it several-fold) and to every core for batches and builds; the caller's setting is put
@@ -43,6 +45,7 @@ import math
 import os
 import stat
 import struct
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -75,6 +78,10 @@ _RECALIBRATE_AT = 0.2  # tune again once the store has grown or shrunk by a fift
 _EF_LADDER = (16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048)
 _HNSW_STORAGE = {"float32": "", "float16": ",SQfp16", "bfloat16": ",SQbf16"}  # faiss index_factory suffixes
 _ORDER_ROWS = 1 << 16  # neighbour lists gathered at a time when the graph is renumbered
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14  # Linux: back later page faults in this range with huge pages
+_MADV_COLLAPSE = 25  # Linux 6.1+: back the range's present pages with huge pages now
+_THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 _NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
@@ -404,6 +411,7 @@ class FaissMemory:
                 index.add_with_ids(np.ascontiguousarray(vectors[chosen]), ids[chosen])
         if fresh and self._kind == "hnsw":
             _order_for_locality(index)
+        _back_with_huge_pages(index)  # a grown array is new memory, so again after every add
         if tuned and self.calibration is not None:
             self.calibration = dataclasses.replace(self.calibration, count=index.ntotal - len(self._tombstones))
 
@@ -517,6 +525,7 @@ class FaissMemory:
             _check_index_header(index_path, manifest)
             store._index = _read_index(index_path)
             store._check_loaded_index(index_path)
+            _back_with_huge_pages(store._index)
         return store
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -733,6 +742,50 @@ def _order_for_locality(index: Any) -> None:
     ids = faiss.vector_to_array(index.id_map)[order]
     faiss.copy_array_to_vector(ids, index.id_map)
     index.construct_rev_map()
+
+
+def _back_with_huge_pages(index: Any) -> int:
+    """Ask Linux to back the vectors and the neighbour lists of an HNSW graph with 2 MB pages; returns the bytes
+    asked for. A search jumps between far-apart nodes, and with 4 kB pages nearly every jump misses the TLB as well
+    as the cache. faiss' arrays are never advised on their own, and transparent huge pages are often `madvise`-only.
+    Best effort: nothing happens on other systems, when huge pages are off, or when the kernel declines."""
+    faiss = _faiss()
+    if sys.platform != "linux" or not isinstance(index, faiss.IndexIDMap2) or not _huge_pages_allowed():
+        return 0
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexHNSW):
+        return 0
+    advised = 0
+    for array in (faiss.downcast_index(inner.storage).codes, inner.hnsw.neighbors):
+        if array.size():
+            view = faiss.rev_swig_ptr(array.data(), array.size())  # faiss' own memory, no copy
+            advised += _advise_huge(view.ctypes.data, view.nbytes)
+    return advised
+
+
+def _huge_pages_allowed() -> bool:
+    try:
+        return "[never]" not in _THP_SETTING.read_text()
+    except OSError:
+        return False
+
+
+def _advise_huge(address: int, size: int) -> int:
+    """madvise the whole 2 MB pages inside [address, address + size); returns the bytes advised. Rounding outwards
+    would take in other allocations or unmapped memory (the kernel then refuses the whole call with ENOMEM)."""
+    start = -(-address // _HUGE_PAGE) * _HUGE_PAGE
+    end = (address + size) // _HUGE_PAGE * _HUGE_PAGE
+    if end <= start:
+        return 0
+    import ctypes
+
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    # collapse now where the kernel can (6.1+); else at least let later faults and khugepaged use huge pages
+    if madvise(start, end - start, _MADV_COLLAPSE) == 0 or madvise(start, end - start, _MADV_HUGEPAGE) == 0:
+        return end - start
+    return 0
 
 
 def _first_new(ids: list[int], existing: dict[int, Memory]) -> list[int]:
