@@ -344,12 +344,17 @@ def test_the_graph_vectors_and_neighbour_lists_sit_on_huge_pages_after_a_build_a
     ]
 
 
-def test_with_huge_pages_off_nothing_is_asked_for_and_the_store_still_searches(tmp_path: Path, monkeypatch):
-    setting = tmp_path / "enabled"
-    setting.write_text("always madvise [never]\n")  # the kernel file's format, with huge pages switched off
-    monkeypatch.setattr(store_module, "_THP_SETTING", setting)
-    vectors = unit(2000)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are asked of Linux only")
+def test_huge_pages_are_asked_for_unless_the_system_setting_is_never(tmp_path: Path, monkeypatch):
+    vectors = unit(25_000)  # 4.8 MB of vectors: over 4 MB, so they hold a whole aligned 2 MB page
     store = built(MemoryStoreConfig(**{**HNSW, "hnsw_m": 16, "ef_construction": 32, "ef_search": 4096}), vectors)
+    setting = tmp_path / "enabled"  # the kernel file's format
+    monkeypatch.setattr(store_module, "_THP_SETTING", setting)
+    setting.write_text("always [madvise] never\n")
+    assert store_module._back_with_huge_pages(store._index) >= 2 << 20
+    setting.write_text("always madvise [never]\n")
+    assert store_module._back_with_huge_pages(store._index) == 0
+    monkeypatch.setattr(store_module, "_THP_SETTING", tmp_path / "missing")  # no such file: nothing either
     assert store_module._back_with_huge_pages(store._index) == 0
     assert recall(store, unit(20, seed=3), vectors) >= 0.99
 
